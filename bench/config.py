@@ -1,0 +1,100 @@
+"""Typed, frozen configs. The CLI and matrix files are parsed into these, and nothing downstream parses strings.
+
+`TrainConfig` is the run identity: its canonical JSON hashes to the run id. The eval suite (`EvalConfig`) is
+not part of it, so evaluating a stored run with more attacks never retrains it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+from bench.names import UsageError
+
+ThreatModel = Literal["linf", "l2"]
+Precision = Literal["fp32", "bf16"]
+BNMode = Literal["eval", "train"]
+
+
+def parse_eps(value: str | float, threat_model: ThreatModel = "linf") -> float:
+    """'8/255' or '0.0314' or 0.0314 -> float in pixel units. L-inf budgets above 1 are refused."""
+    text = str(value).strip()
+    try:
+        eps = float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"Cannot read epsilon '{value}': give a number such as 8/255 or 0.0314.") from None
+    if eps < 0 or eps != eps:
+        raise UsageError(f"Epsilon must be >= 0, got {value}.")
+    if threat_model == "linf" and eps > 1:
+        hint = f" Did you mean {text}/255?" if eps <= 255 else ""
+        raise UsageError(f"Epsilon {value} is larger than 1, but inputs are in [0, 1].{hint}")
+    return eps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model. Hashes to `run_id`."""
+
+    method: str
+    train_attack: str  # canonical, attacks joined by '+', e.g. "saa+cw"
+    dataset: str = "fashion-mnist"
+    model: str = "small-cnn"
+    eps: float = 0.1
+    method_params: dict[str, Any] = field(default_factory=dict)
+    attack_steps: int = 10
+    attack_step_size: float = 0.025  # resolved from eps/4 by the CLI when not given
+    attack_bn_mode: BNMode = "eval"
+    cw_kappa: float = 50.0
+    saa_targets: int = 3
+    saa_steps: int = 20
+    saa_merge: str = "min_margin"
+    train_subset: int | None = None
+    val_size: int = 1000
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_milestones: tuple[float, ...] = (0.6, 0.9)  # fractions of the run, as the LRAT paper's 60/100, 90/100
+    lr_gamma: float = 0.1
+    augment: bool = False
+    precision: Precision = "fp32"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        return tuple(self.train_attack.split("+"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["lr_milestones"] = tuple(kwargs.get("lr_milestones", (0.6, 0.9)))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a stored checkpoint is attacked. Not part of the run identity."""
+
+    attacks: tuple[str, ...] = ("natural", "pgd20", "cw20", "aa")
+    eps: float | None = None  # None: the training epsilon
+    threat_model: ThreatModel = "linf"
+    test_subset: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    precision: Precision = "fp32"
+    checkpoints: tuple[str, ...] = ("best", "last")

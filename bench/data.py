@@ -1,0 +1,237 @@
+"""Datasets as in-memory uint8 tensors, pixels scaled to [0, 1] per batch; no normalisation outside the model.
+
+Fashion-MNIST (the embedded default) is read straight from its idx files, found in this order: --data-dir,
+$BENCH_DATA_DIR, the user cache, Debian's dataset-fashion-mnist package, then torchvision's download (online).
+The validation split is carved from the training set with a fixed seed, class-balanced, so checkpoint
+selection never looks at the test set.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.names import UsageError, lookup
+
+log = logging.getLogger(__name__)
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SPLIT_SEED = 0  # the validation split and the subsets are the same for every run and every seed
+
+
+class DatasetNotFound(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    augment: bool  # random crop (pad 4) + horizontal flip, as in the CIFAR recipes
+    summary: str
+
+
+DATASETS = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, False, "Fashion-MNIST (embedded default; Debian package or torchvision)"),
+    "mnist": DatasetInfo("mnist", 10, 1, 28, False, "MNIST through torchvision"),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, True, "CIFAR-10 through torchvision (RobustBench test order)"),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, True, "CIFAR-100 through torchvision (RobustBench test order)"),
+    "svhn": DatasetInfo("svhn", 10, 3, 32, True, "SVHN through torchvision"),
+    "synthetic": DatasetInfo("synthetic", 10, 1, 28, False, "tiny generated 28x28 data for tests (no files)"),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+    indices: torch.Tensor  # positions in the source split, to pair test points across runs
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(255.0)
+
+
+def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded, class-balanced subset of size n (classes differ by at most one)."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    per_class = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    chosen = []
+    for c, k in zip(classes.tolist(), per_class):
+        idx = torch.nonzero(labels == c).flatten()
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+# --- raw loaders: each returns ((train_x, train_y), (test_x, test_y)) as uint8 NCHW / int64 ---------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx_dir(candidates: list[Path]) -> Path | None:
+    for d in candidates:
+        for sub in (d, d / "raw"):
+            if any((sub / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
+                return sub
+    return None
+
+
+def _load_idx_dir(d: Path):
+    def read(stem: str) -> np.ndarray:
+        plain = d / stem
+        return _read_idx(plain if plain.exists() else d / f"{stem}.gz")
+
+    def pair(prefix: str):
+        x = torch.from_numpy(read(f"{prefix}-images-idx3-ubyte").copy()).unsqueeze(1)
+        y = torch.from_numpy(read(f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+        return x, y
+
+    return pair("train"), pair("t10k")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lrat-bench"
+
+
+def _roots(data_dir: str | None) -> list[Path]:
+    roots = [Path(data_dir)] if data_dir else []
+    if os.environ.get("BENCH_DATA_DIR"):
+        roots.append(Path(os.environ["BENCH_DATA_DIR"]))
+    roots.append(cache_dir())
+    return roots
+
+
+def _idx_dataset(name: str, tv_folder: str, data_dir: str | None, extra: list[Path]):
+    roots = _roots(data_dir)
+    candidates = [p for r in roots for p in (r / name, r / tv_folder, r)] + extra
+    found = _find_idx_dir(candidates)
+    if found is not None:
+        log.info("reading %s from %s", name, found)
+        return _load_idx_dir(found)
+    import torchvision
+
+    cls = getattr(torchvision.datasets, tv_folder)
+    target = roots[0]
+    try:
+        cls(str(target), train=True, download=True)
+        cls(str(target), train=False, download=True)
+    except Exception as exc:  # torchvision raises URLError, RuntimeError, ... when offline
+        hint = ("install Debian's package: apt-get install dataset-fashion-mnist, or "
+                if name == "fashion-mnist" else "")
+        raise DatasetNotFound(
+            f"Dataset '{name}' not found (looked in {', '.join(str(c) for c in candidates)}) and the download "
+            f"failed ({type(exc).__name__}: {exc}). To get it: {hint}put the idx files in $BENCH_DATA_DIR/{name}/, "
+            f"or run once with network access (torchvision downloads it to {target}).") from exc
+    return _load_idx_dir(target / tv_folder / "raw")
+
+
+def _torchvision_dataset(name: str, data_dir: str | None):
+    import torchvision
+
+    root = _roots(data_dir)[0]
+
+    def get(train: bool):
+        if name == "svhn":
+            ds = torchvision.datasets.SVHN(str(root), split="train" if train else "test", download=True)
+            return torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        ds = cls(str(root), train=train, download=True)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    try:
+        return get(True), get(False)
+    except Exception as exc:
+        raise DatasetNotFound(
+            f"Dataset '{name}' is not in {root} and could not be downloaded ({type(exc).__name__}: {exc}). "
+            f"Put torchvision's files there (or point --data-dir / $BENCH_DATA_DIR at them), or run once online."
+        ) from exc
+
+
+def _synthetic(n_train: int = 1536, n_test: int = 512):
+    """Ten classes of noisy fixed templates: learnable in a few steps, attackable, no files needed."""
+    gen = torch.Generator().manual_seed(1234)
+    templates = torch.rand(10, 1, 28, 28, generator=gen)
+
+    def make(n: int):
+        y = torch.arange(n) % 10
+        x = 0.6 * templates[y] + 0.4 * torch.rand(n, 1, 28, 28, generator=gen)
+        return (x * 255).round().to(torch.uint8), y
+
+    return make(n_train), make(n_test)
+
+
+def _load_raw(name: str, data_dir: str | None):
+    if name == "synthetic":
+        return _synthetic()
+    if name == "fashion-mnist":
+        return _idx_dataset(name, "FashionMNIST", data_dir, [DEBIAN_FASHION_MNIST])
+    if name == "mnist":
+        return _idx_dataset(name, "MNIST", data_dir, [])
+    return _torchvision_dataset(name, data_dir)
+
+
+def load_data(name: str, *, val_size: int = 1000, train_subset: int | None = None,
+              test_subset: int | None = None, data_dir: str | None = None) -> DataBundle:
+    info = lookup("dataset", name, DATASETS)
+    (train_x, train_y), (test_x, test_y) = _load_raw(info.name, data_dir)
+    all_train = torch.arange(len(train_y))
+    val_idx = balanced_subset(train_y, val_size, SPLIT_SEED)
+    rest = all_train[~torch.isin(all_train, val_idx)]
+    if train_subset is not None:
+        rest = rest[balanced_subset(train_y[rest], train_subset, SPLIT_SEED + 1)]
+    if test_subset is None or test_subset >= len(test_y):
+        test_idx = torch.arange(len(test_y))
+    elif info.name in ("cifar10", "cifar100"):
+        test_idx = torch.arange(test_subset)  # RobustBench protocol: the first N test points, in order
+    else:
+        test_idx = balanced_subset(test_y, test_subset, SPLIT_SEED + 2)
+    return DataBundle(
+        info=info,
+        train=Split(train_x[rest], train_y[rest], rest),
+        val=Split(train_x[val_idx], train_y[val_idx], val_idx),
+        test=Split(test_x[test_idx], test_y[test_idx], test_idx),
+    )
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, on whatever device x lives (no workers)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    off_y = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    off_x = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (off_y[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None]
+    cols = (off_x[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    out = padded[batch, chan, rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)

@@ -1,0 +1,29 @@
+"""Per-example losses and margins shared by attacks and methods. All computed in fp32 (even under autocast)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _other_max(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{i != y} z_i, per row."""
+    masked = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf"))
+    return masked.max(dim=1).values
+
+
+def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """p_y - max_{k != y} p_k in [-1, 1] (MAIL's PM, LRAT's t in Eq. 11, SAA's merge key)."""
+    p = logits.float().softmax(dim=1)
+    return p.gather(1, y[:, None]).squeeze(1) - _other_max(p, y)
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
+    """Per-example CW loss -clamp(z_y - max_{i!=y} z_i + kappa, min=0), as in the CAT/GAIRAT code.
+    Maximising it pushes the true-class logit below the best other one (until the margin reaches -kappa)."""
+    z = logits.float()
+    real = z.gather(1, y[:, None]).squeeze(1)
+    return -torch.clamp(real - _other_max(z, y) + kappa, min=0.0)
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")

@@ -1,0 +1,173 @@
+"""The one training loop: SGD with momentum, piecewise-constant LR, a method's loss per batch.
+
+The training attack runs with the model in `attack_bn_mode` (eval by default) and the loss in train mode
+(methods/base.py: run_attack). After every epoch: validation natural and PGD accuracy on the validation split,
+the best checkpoint (by validation PGD accuracy) and a full training state for resume, all written atomically.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.attacks import PGD
+from bench.config import TrainConfig
+from bench.data import DataBundle, Split, augment_batch, to_float
+from bench.models import build_model
+from bench.store import atomic_path, write_json
+from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from methods import StepContext, build_method
+
+LOW_WEIGHT = 0.2  # the LRAT paper's Fig. 1a threshold
+HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]  # 0.0 .. 4.0, plus an overflow bin
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Callbacks:
+    on_batch: Callable[[int, int, int, float], None] | None = None  # epoch, batch, n_batches, loss
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def milestones(cfg: TrainConfig) -> list[int]:
+    return [round(f * cfg.epochs) for f in cfg.lr_milestones]
+
+
+def weight_stats(weights: list[torch.Tensor]) -> dict[str, Any]:
+    if not weights:
+        return {}
+    w = torch.cat(weights).double()
+    counts = torch.histc(w.clamp(max=HIST_EDGES[-1] + 0.1), bins=21, min=0.0, max=HIST_EDGES[-1] + 0.2)
+    return {"w_mean": w.mean().item(), "w_std": w.std(unbiased=False).item(), "w_min": w.min().item(),
+            "w_max": w.max().item(), "w_frac_below_0.2": (w < LOW_WEIGHT).double().mean().item(),
+            "w_hist": counts.long().tolist()}
+
+
+@torch.no_grad()
+def accuracy_flags(model: torch.nn.Module, split: Split, device: torch.device, attack=None,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Per-example correctness on `split`, on the clean input or on `attack`'s output (model in eval mode)."""
+    model.eval()
+    out = []
+    for i in range(0, len(split), batch_size):
+        x = to_float(split.x[i:i + batch_size].to(device))
+        y = split.y[i:i + batch_size].to(device)
+        if attack is not None:
+            x = attack(model, x, y).x_adv
+        out.append((model(x).argmax(1) == y).cpu())
+    return torch.cat(out)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.device,
+              callbacks: Callbacks | None = None) -> list[dict[str, Any]]:
+    """Train (or resume) one cell; returns the per-epoch history. Raises NonFiniteLoss on NaN/inf."""
+    cb = callbacks or Callbacks()
+    seed_everything(cfg.seed)
+    info = data.info
+    model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(cfg), gamma=cfg.lr_gamma)
+    method = build_method(cfg.method, cfg.method_params)
+    attacks = build_train_attacks(cfg)
+    val_attack = PGD(cfg.eps, steps=10, step_size=cfg.eps / 4)
+
+    start_epoch, history, best = 0, [], -1.0
+    state_path = run_dir / "train_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+
+    train_x, train_y = data.train.x.to(device), data.train.y.to(device)
+    n = len(train_y)
+    n_batches = math.ceil(n / cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        ctx = StepContext(attacks=attacks, attack_names=cfg.attack_names, epoch=epoch, epochs=cfg.epochs,
+                          bn_mode=cfg.attack_bn_mode, make_attack=lambda name: TRAIN_ATTACKS[name].build(cfg))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        loss_sum, weights = 0.0, []
+        model.train()
+        for b in range(n_batches):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x, y = to_float(train_x[idx]), train_y[idx]
+            if cfg.augment:
+                x = augment_batch(x)
+            with autocast(device, cfg.precision):
+                out = method.loss(model, x, y, ctx)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            loss_sum += out.loss.item() * len(y)
+            if out.weights is not None:
+                weights.append(out.weights.float().cpu())
+            if cb.on_batch:
+                cb.on_batch(epoch, b, n_batches, out.loss.item())
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        train_s = time.perf_counter() - t0
+        val_nat = accuracy_flags(model, data.val, device).float().mean().item()
+        val_pgd = accuracy_flags(model, data.val, device, val_attack).float().mean().item()
+        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n, "val_natural": val_nat,
+                 "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
+                 "reweighting": bool(weights), **weight_stats(weights)}
+        history.append(entry)
+        if val_pgd > best:
+            best = val_pgd
+            entry["best"] = True
+            save_torch(model.state_dict(), run_dir / "best.pt")
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
+                    "history": history, "best": best}, state_path)
+        write_json(run_dir / "history.json", history)
+        if cb.on_epoch:
+            cb.on_epoch(entry)
+    save_torch(model.state_dict(), run_dir / "last.pt")
+    if not (run_dir / "best.pt").exists():  # zero epochs: best is the initial model
+        save_torch(model.state_dict(), run_dir / "best.pt")
+    return history

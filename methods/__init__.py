@@ -1,0 +1,31 @@
+"""The method registry: an explicit dict, readable in one screen. Add a method = one file + one line here."""
+from __future__ import annotations
+
+from typing import Any
+
+from bench.names import lookup
+from methods.at import AT
+from methods.base import Method, StepContext, StepOutput
+from methods.gairat import GAIRAT
+from methods.lrat import LRAT, LSAT
+from methods.mail import MAIL
+
+METHODS: dict[str, type[Method]] = {
+    "at": AT,
+    "gairat": GAIRAT,
+    "irat": GAIRAT,  # alias: the LRAT paper's name for instance-reweighted AT
+    "mail": MAIL,
+    "lrat": LRAT,
+    "lsat": LSAT,
+}
+
+
+def canonical_method(name: str) -> str:
+    return lookup("method", name, METHODS).name
+
+
+def build_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    return lookup("method", name, METHODS).make(params)
+
+
+__all__ = ["METHODS", "Method", "StepContext", "StepOutput", "build_method", "canonical_method"]

@@ -1,0 +1,123 @@
+"""The method interface. A method turns a clean batch into a scalar training loss; the harness owns the loop.
+
+Most methods are "adversarial CE with per-instance weights" (`WeightedCE`): they override `weights` only.
+Weights are always detached constants; weights of 1 reproduce plain AT bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from bench.attacks import AttackResult
+from bench.losses import ce_loss
+from bench.names import UsageError, suggest
+
+
+@dataclass(frozen=True)
+class StepContext:
+    attacks: tuple  # the run's training attacks, in the order of --train-attack
+    attack_names: tuple[str, ...]
+    epoch: int  # 0-based
+    epochs: int
+    bn_mode: str = "eval"  # model mode while the attack runs (methods.md: `attack_bn_mode`)
+    make_attack: Callable[[str], Any] | None = None  # name -> attack with the run's settings (LRAT's anchor)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor
+    weights: torch.Tensor | None = None  # detached weights actually applied, for the history's statistics
+
+
+def run_attack(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, bn_mode: str) -> AttackResult:
+    """Run a training attack in the recorded BN mode, then put the model back in train mode (explicitly)."""
+    model.train(bn_mode == "train")
+    try:
+        return attack(model, x, y)
+    finally:
+        model.train(True)
+
+
+def reweighting_started(epoch: int, epochs: int, burn_in: float) -> bool:
+    """Plain AT for the first floor(burn_in * epochs) epochs (GAIRAT: 60 of 120; MAIL: 75 of 120)."""
+    return epoch >= math.floor(burn_in * epochs + 1e-9)
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type]  # a frozen dataclass of the method's parameters, with the papers' defaults
+    max_attacks: ClassVar[int] = 1
+    needs_kappa: ClassVar[bool] = False
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def check_attacks(self, attack_names: tuple[str, ...], has_kappa: dict[str, bool]) -> None:
+        if len(attack_names) > self.max_attacks:
+            raise UsageError(f"Method '{self.name}' takes one training attack; '{'+'.join(attack_names)}' "
+                             f"combines {len(attack_names)}. Only lrat/lsat take several (e.g. saa+cw).")
+        if self.needs_kappa:
+            lacking = [a for a in attack_names if not has_kappa[a]]
+            if lacking:
+                raise UsageError(f"Method '{self.name}' needs the attack's step count kappa, which training "
+                                 f"attack '{lacking[0]}' does not give; use pgd or cw.")
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def make(cls, overrides: dict[str, Any] | None = None) -> "Method":
+        return cls(build_params(cls.name, cls.Params, overrides or {}))
+
+
+class WeightedCE(Method):
+    """loss = (1/n) sum_i w_i CE(f(x_adv_i), y_i), one training attack; `weights` returns None for w = 1."""
+
+    def weights(self, logits_adv: torch.Tensor, y: torch.Tensor, adv: AttackResult, attack,
+                ctx: StepContext) -> torch.Tensor | None:
+        return None
+
+    def loss(self, model, x, y, ctx):
+        adv = run_attack(model, ctx.attacks[0], x, y, ctx.bn_mode)
+        logits = model(adv.x_adv)
+        per_example = ce_loss(logits, y)
+        w = self.weights(logits.detach(), y, adv, ctx.attacks[0], ctx)
+        if w is None:
+            return StepOutput(per_example.mean())
+        return StepOutput((w.detach() * per_example).mean(), w.detach())
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if not isinstance(value, str) or isinstance(default, str):
+        return float(value) if isinstance(default, float) and isinstance(value, int) else value
+    try:
+        if isinstance(default, bool):
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise UsageError(f"Method parameter {key}={value!r} is not a {type(default).__name__}.") from None
+    return value
+
+
+def build_params(method: str, params_cls: type, overrides: dict[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    defaults = params_cls()
+    values = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise UsageError(f"Unknown parameter '{key}' for method '{method}'.{suggest(key, fields)} "
+                             f"(parameters: {', '.join(fields) or 'none'})")
+        values[key] = _coerce(value, getattr(defaults, key), f"{method}.{key}")
+    try:
+        return params_cls(**values)
+    except ValueError as exc:
+        raise UsageError(f"Method '{method}': {exc}") from None

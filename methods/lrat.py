@@ -1,0 +1,83 @@
+"""`lrat`: locally reweighted adversarial training (Gao, Liu, Zhou, Niu, Han, Cheng; ICLR 2022 version).
+
+For m training attacks j (m = 1 for `cw`, 2 for `saa+cw`), per instance i:
+  t_ij = p_y(x_ij) - max_{k!=y} p_k(x_ij)                    (Eq. 11, detached, in [-1, 1])
+  w_ij = alpha (1 - t_ij)^beta, alpha = 2, beta = 0.5         (Eq. 12)
+  loss = (1/n) sum_i ([C - sum_j w_ij]_+ CE(x*_i) + sum_j w_ij CE(x_ij)),  C = 0.1   (Eq. 7)
+then every coefficient of the batch is divided by one shared Z = mean_i([C - sum_j w_ij]_+ + sum_j w_ij)
+(Eq. 15), so the mean per-instance total is 1: weights move only inside each (instance, variants) pair, and
+no instance is dropped. [choice] x* (the anchor) is the natural x by default (`anchor=pgd|saa` attack it);
+[choice] t comes from the train-mode logits used for the loss, as MAIL does.
+
+`lsat` ("locally simulated AT") is the same objective with all w = 1: for one attack it equals `at`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.losses import ce_loss, prob_margin
+from methods.base import Method, StepContext, StepOutput, run_attack
+
+
+def lrat_coefficients(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = 2.0,
+                      beta: float = 0.5, C: float = 0.1, weighting: str = "lrat"):
+    """(anchor_coef (n,), variant_coefs (n, m)) after the Eq. 15 rescale; detached.
+    `weighting='none'` sets every w_ij = 1 (LSAT)."""
+    t = torch.stack([prob_margin(z.detach(), y) for z in logits_variants], dim=1)
+    if weighting == "none":
+        w = torch.ones_like(t)
+    else:
+        w = alpha * (1.0 - t).clamp_min(0.0).pow(beta)
+    anchor = (C - w.sum(dim=1)).clamp_min(0.0)
+    z = (anchor + w.sum(dim=1)).mean()
+    return (anchor / z).detach(), (w / z).detach()
+
+
+@dataclass(frozen=True)
+class LRATParams:
+    alpha: float = 2.0
+    beta: float = 0.5
+    C: float = 0.1
+    anchor: str = "natural"  # [choice] natural | pgd | saa
+    weighting: str = "lrat"  # lrat | none (= LSAT)
+
+    def __post_init__(self):
+        if self.anchor not in ("natural", "pgd", "saa"):
+            raise ValueError(f"anchor must be natural, pgd or saa, got {self.anchor!r}")
+        if self.weighting not in ("lrat", "none"):
+            raise ValueError(f"weighting must be lrat or none, got {self.weighting!r}")
+        if self.C < 0 or self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha, beta and C must be >= 0")
+
+
+@dataclass(frozen=True)
+class LSATParams(LRATParams):
+    weighting: str = "none"
+
+
+class LRAT(Method):
+    name = "lrat"
+    summary = "local reweighting inside each (instance, variants) pair (Gao et al. ICLR 2022), alpha=2 beta=0.5 C=0.1"
+    Params = LRATParams
+    max_attacks = 8
+
+    def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
+        p = self.params
+        variants = [run_attack(model, a, x, y, ctx.bn_mode).x_adv for a in ctx.attacks]
+        logits = [model(v) for v in variants]
+        anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting)
+        per_example = sum(coefs[:, j] * ce_loss(z, y) for j, z in enumerate(logits))
+        # The anchor's forward pass is skipped when no instance needs it (always for LSAT, so LSAT-pgd == AT).
+        if bool((anchor_coef > 0).any()):
+            x_star = x if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), x, y, ctx.bn_mode).x_adv
+            per_example = per_example + anchor_coef * ce_loss(model(x_star), y)
+        weights = None if p.weighting == "none" else coefs.flatten()
+        return StepOutput(per_example.mean(), weights)
+
+
+class LSAT(LRAT):
+    name = "lsat"
+    summary = "LRAT's locally simulated AT: the LRAT objective with all weights 1 (equals AT for one attack)"
+    Params = LSATParams
