@@ -1,0 +1,180 @@
+"""Method oracles: weights computed by hand from the papers' formulas, reductions to AT, LRAT's invariants,
+and every registered method x every training attack gives a finite loss whose gradient reaches every parameter."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from bench.config import TrainConfig
+from bench.names import UsageError
+from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from methods import METHODS, StepContext, build_method
+from methods.base import reweighting_started, run_attack
+from methods.gairat import gairat_weights
+from methods.lrat import lrat_coefficients, lrat_unnormalised
+from methods.mail import mail_weights
+
+HAS_KAPPA = {k: v.has_kappa for k, v in TRAIN_ATTACKS.items()}
+
+
+def context(train_attack="pgd", epoch=0, epochs=1, steps=3):
+    cfg = TrainConfig(method="at", train_attack=train_attack, eps=0.1, attack_steps=steps,
+                      attack_step_size=0.025, saa_steps=3)
+    return StepContext(attacks=build_train_attacks(cfg), attack_names=cfg.attack_names, epoch=epoch,
+                       epochs=epochs, make_attack=lambda n: TRAIN_ATTACKS[n].build(cfg))
+
+
+# ---- weight functions against hand computation ---------------------------------------------------------
+
+def test_gairat_weights_by_hand():
+    # K = 10 -> floor(K/2) = 5; lam = -1: w(kappa) = (1 + tanh(-1 + (5 - kappa)))/2
+    raw = [(1 + math.tanh(-1 + 5.0)) / 2, (1 + math.tanh(-1 + 0.0)) / 2, (1 + math.tanh(-1 - 5.0)) / 2]
+    expected = torch.tensor([3 * r / sum(raw) for r in raw])
+    got = gairat_weights(torch.tensor([0, 5, 10]), num_steps=10, lam=-1.0)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert abs(got.mean().item() - 1.0) < 1e-6
+
+
+def test_gairat_weights_odd_k_use_floor_half():
+    # K = 7 -> floor(7/2) = 3: w(kappa) = (1 + tanh(0 + (3 - kappa) * 5 / 3))/2
+    raw = [(1 + math.tanh((3 - k) * 5 / 3)) / 2 for k in (1, 4)]
+    got = gairat_weights(torch.tensor([1, 4]), num_steps=7, lam=0.0)
+    assert torch.allclose(got, torch.tensor([2 * r / sum(raw) for r in raw]), atol=1e-6)
+
+
+def test_gairat_infinite_lambda_gives_ones():
+    assert torch.equal(gairat_weights(torch.tensor([0, 3, 10]), 10, float("inf")), torch.ones(3))
+
+
+def test_mail_weights_by_hand():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]]))
+    y = torch.tensor([0, 2])  # PM = 0.5 and 0.1 - 0.7 = -0.6
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    expected = torch.tensor([3 * sig(10 * (-0.5 - 0.5)), 3 * sig(10 * (0.6 - 0.5))])
+    assert torch.allclose(mail_weights(logits, y, slope=10, bias=-0.5), expected, atol=1e-6)
+
+
+def test_lrat_coefficients_by_hand():
+    # two variants; probabilities chosen so that t is exact: t = p_y - max_other
+    p1 = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3]])  # t = 1.0, -0.3
+    p2 = torch.tensor([[0.9, 0.1, 0.0], [0.6, 0.1, 0.3]])  # t = 0.8,  0.3
+    y = torch.tensor([0, 0])
+    logits = [torch.log(p.clamp_min(1e-30)) for p in (p1, p2)]
+    w = torch.tensor([[0.0, 2 * math.sqrt(0.2)], [2 * math.sqrt(1.3), 2 * math.sqrt(0.7)]])
+    anchor = torch.tensor([max(0.0, 0.1 - w[0].sum().item()), 0.0])
+    z = (anchor + w.sum(1)).mean()
+    a, c = lrat_coefficients(logits, y, alpha=2, beta=0.5, C=0.1)
+    assert torch.allclose(c, w / z, atol=1e-5) and torch.allclose(a, anchor / z, atol=1e-5)
+    # a confident instance (all t = 1) keeps exactly C before the rescale: no pair is ever dropped
+    a0, w0 = lrat_unnormalised([torch.log(p1.clamp_min(1e-30))] * 2, y, 2, 0.5, 0.1)
+    assert torch.allclose(a0[0] + w0[0].sum(), torch.tensor(0.1))
+
+
+def test_lrat_invariants_on_random_logits():
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (64,))
+    logits = [torch.randn(64, 10, requires_grad=True) * s for s in (1.0, 5.0, 20.0)]
+    anchor, w = lrat_unnormalised(logits, y, 2.0, 0.5, 0.1)
+    assert (anchor + w.sum(1) >= 0.1 - 1e-6).all()  # every instance keeps total weight >= C
+    a, c = lrat_coefficients(logits, y)
+    assert torch.allclose((a + c.sum(1)).mean(), torch.tensor(1.0))  # Eq. 15: mean total is 1
+    assert torch.allclose(c * (anchor + w.sum(1)).mean(), w, atol=1e-6)  # one shared scalar
+    assert not a.requires_grad and not c.requires_grad  # weights carry no gradient
+
+
+# ---- reductions: the reweighted methods reduce to AT where the papers say they do -------------------------
+
+def loss_and_grads(method, model, x, y, ctx, seed=0):
+    """On a fresh copy: a train-mode forward updates BN statistics, which the next attack would see."""
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    model.train()
+    model.zero_grad()
+    out = method.loss(model, x, y, ctx)
+    out.loss.backward()
+    return out.loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("method,params", [
+    ("gairat", {"lam": float("inf"), "burn_in": 0.0}),
+    ("lsat", {}),
+    ("mail", {"burn_in": 1.0}),  # still in burn-in: plain AT
+])
+def test_reduces_to_at_bit_for_bit(method, params, tiny_model, batch):
+    x, y = batch
+    ctx = context("pgd")
+    at_loss, at_grads = loss_and_grads(build_method("at"), tiny_model, x, y, ctx)
+    loss, grads = loss_and_grads(build_method(method, params), tiny_model, x, y, ctx)
+    assert torch.equal(loss, at_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, at_grads))
+
+
+def test_lrat_with_unit_weights_reduces_to_lsat(tiny_model, batch):
+    x, y = batch
+    ctx = context("saa+cw")
+    lsat_loss, _ = loss_and_grads(build_method("lsat"), tiny_model, x, y, ctx)
+    # alpha = 1, beta = 0 -> w = (1 - t)^0 = 1 for every variant; C < 1 -> the anchor term vanishes
+    loss, _ = loss_and_grads(build_method("lrat", {"alpha": 1.0, "beta": 0.0, "C": 0.5}), tiny_model, x, y, ctx)
+    assert torch.allclose(loss, lsat_loss, rtol=0, atol=1e-7)
+
+
+def test_gairat_reweights_after_burn_in(tiny_model, batch):
+    x, y = batch
+    ctx = context("pgd", epoch=1, epochs=2)
+    torch.manual_seed(0)
+    out = build_method("gairat", {"burn_in": 0.5}).loss(tiny_model.train(), x, y, ctx)
+    assert out.weights is not None and abs(out.weights.mean().item() - 1) < 1e-5
+    assert build_method("gairat").loss(tiny_model, x, y, context("pgd", epoch=0, epochs=2)).weights is None
+
+
+def test_burn_in_schedule():
+    assert [reweighting_started(e, 120, 0.5) for e in (59, 60)] == [False, True]  # GAIRAT: from epoch 60
+    assert [reweighting_started(e, 120, 0.625) for e in (74, 75)] == [False, True]  # MAIL: from epoch 75
+
+
+# ---- every registered method x every training attack ----------------------------------------------------
+
+@pytest.mark.parametrize("attack", sorted(TRAIN_ATTACKS))
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
+    method = METHODS[name].make({"burn_in": 0.0} if name in ("gairat", "irat", "mail") else {})
+    if method.needs_kappa and not HAS_KAPPA[attack]:
+        with pytest.raises(UsageError, match="kappa"):
+            method.check_attacks((attack,), HAS_KAPPA)
+        return
+    method.check_attacks((attack,), HAS_KAPPA)
+    x, y = batch
+    torch.manual_seed(0)
+    tiny_model.train()
+    out = method.loss(tiny_model, x, y, context(attack))
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    for pname, p in tiny_model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+    assert tiny_model.training  # the loss is computed in train mode
+
+
+def test_multi_attack_only_for_local_methods():
+    for name in ("at", "gairat", "mail"):
+        with pytest.raises(UsageError, match="one training attack"):
+            build_method(name).check_attacks(("saa", "cw"), HAS_KAPPA)
+    build_method("lrat").check_attacks(("saa", "cw"), HAS_KAPPA)
+
+
+def test_attack_runs_in_eval_mode_and_loss_in_train_mode(tiny_model, batch):
+    seen = []
+    attack = lambda model, x, y: seen.append(model.training) or type("R", (), {"x_adv": x})()
+    run_attack(tiny_model.train(), attack, *batch, bn_mode="eval")
+    assert seen == [False] and tiny_model.training
+
+
+def test_method_params_are_validated():
+    with pytest.raises(UsageError, match="Did you mean: lam"):
+        build_method("gairat", {"lamb": "0"})
+    with pytest.raises(UsageError, match="anchor"):
+        build_method("lrat", {"anchor": "natual"})
+    assert build_method("irat", {"lam": "0"}).params.lam == 0.0
