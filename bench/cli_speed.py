@@ -1,0 +1,52 @@
+"""`bench speed`: the speed benchmark's command (library: bench/speed.py)."""
+from __future__ import annotations
+
+import click
+
+from bench.cli import usage_errors
+from bench.names import split_list
+
+
+@click.command()
+@click.option("--model", default="small-cnn", show_default=True)
+@click.option("--dataset", default="fashion-mnist", show_default=True, help="Only its shape is used.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--methods", default="at,gairat,mail,lrat", show_default=True)
+@click.option("--train-attacks", default="pgd", show_default=True, help="Comma-separated; saa+cw allowed.")
+@click.option("--eps", default=None, help="Default: 0.1 for 28x28 data, 8/255 otherwise.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]))
+@click.option("--steps", type=int, default=5, show_default=True, help="Timed iterations per figure.")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--eval-points", type=int, default=64, show_default=True)
+@click.option("--epoch-images", type=int, default=4096, show_default=True,
+              help="Images in the real epoch used to measure the loop's overhead.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "json_path", default=None, help="Also write the results as JSON here.")
+@usage_errors
+def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, steps, warmup, eval_points,
+          epoch_images, device, json_path):
+    """Measure plain vs adversarial training throughput, reweighting overhead and evaluation speed.
+
+    \b
+    Example:
+      bench speed --model resnet18 --dataset cifar10 --batch-size 512 --precision bf16 --json speed.json
+      bench speed --batch-size 32 --steps 2 --eval-points 16 --epoch-images 256   # tiny CI mode
+    """
+    from bench.config import parse_eps
+    from bench.data import DATASETS
+    from bench.models import MODELS
+    from bench.names import lookup
+    from bench.provenance import resolve_device
+    from bench.speed import SpeedSettings, format_table, run_speed
+    from bench.train_attacks import parse_train_attack
+    from methods import canonical_method
+
+    info = lookup("dataset", dataset, DATASETS)
+    lookup("model", model, MODELS)
+    settings = SpeedSettings(
+        model=model, dataset=info.name, batch_size=batch_size, steps=steps, warmup=warmup,
+        methods=tuple(canonical_method(m) for m in split_list(methods)),
+        train_attacks=tuple(parse_train_attack(a) for a in split_list(train_attacks)),
+        eps=parse_eps(eps) if eps else (0.1 if info.image_size == 28 else 8 / 255), precision=precision,
+        eval_points=eval_points, epoch_images=epoch_images)
+    click.echo(format_table(run_speed(settings, resolve_device(device), json_path)))
