@@ -208,3 +208,8 @@ def list_components():
         click.echo(f"{title}:")
         for name, summary in entries.items():
             click.echo(f"  {name:<16} {summary}")
+
+
+from bench.cli_speed import speed  # noqa: E402  (commands in their own modules register here)
+
+main.add_command(speed, name="speed")
