@@ -33,6 +33,14 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run, not what to compute: excluded from the run identity, recorded in the history."""
+
+    channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the model (opt-in: slower on CPUs, faster on GPUs)
+
+
 @dataclass
 class Callbacks:
     on_batch: Callable[[int, int, int, float], None] | None = None  # epoch, batch, n_batches, loss
@@ -99,12 +107,15 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.device,
-              callbacks: Callbacks | None = None) -> list[dict[str, Any]]:
+              callbacks: Callbacks | None = None, runtime: RuntimeOptions = RuntimeOptions()) -> list[dict[str, Any]]:
     """Train (or resume) one cell; returns the per-epoch history. Raises NonFiniteLoss on NaN/inf."""
     cb = callbacks or Callbacks()
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     seed_everything(cfg.seed)
     info = data.info
     model = build_model(cfg.model, info.num_classes, info.in_channels, info.image_size).to(device)
+    model = model.to(memory_format=memory_format)
+    step_model = torch.compile(model) if runtime.compile else model  # shares parameters with `model`
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(cfg), gamma=cfg.lr_gamma)
     method = build_method(cfg.method, cfg.method_params)
@@ -114,7 +125,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
     start_epoch, history, best = 0, [], -1.0
     state_path = run_dir / "train_state.pt"
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves weights and buffers to the device.
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -136,8 +148,9 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             x, y = to_float(train_x[idx]), train_y[idx]
             if cfg.augment:
                 x = augment_batch(x)
+            x = x.contiguous(memory_format=memory_format)
             with autocast(device, cfg.precision):
-                out = method.loss(model, x, y, ctx)
+                out = method.loss(step_model, x, y, ctx)
             if not torch.isfinite(out.loss):
                 raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -155,7 +168,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
         val_pgd = accuracy_flags(model, data.val, device, val_attack).float().mean().item()
         entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n, "val_natural": val_nat,
                  "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
-                 "reweighting": bool(weights), **weight_stats(weights)}
+                 "reweighting": bool(weights), "channels_last": runtime.channels_last, "compile": runtime.compile,
+                 **weight_stats(weights)}
         history.append(entry)
         if val_pgd > best:
             best = val_pgd

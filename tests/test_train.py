@@ -1,0 +1,72 @@
+"""The training loop on synthetic data: schedule, checkpoints, weight statistics, NaN detection, and the GPU
+path's options (bf16 autocast, channels_last) exercised on the CPU with the same code."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import TrainConfig
+from bench.data import load_data
+from bench.train import NonFiniteLoss, RuntimeOptions, milestones, train_run, weight_stats
+
+DATA = None
+
+
+def data():
+    global DATA
+    if DATA is None:
+        DATA = load_data("synthetic", val_size=64, train_subset=128, test_subset=32)
+    return DATA
+
+
+def config(**kw):
+    base = dict(method="at", train_attack="pgd", dataset="synthetic", model="small-cnn", eps=0.1,
+                attack_steps=2, attack_step_size=0.05, epochs=2, batch_size=64, lr=0.05, val_size=64,
+                train_subset=128)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_piecewise_schedule_divides_by_ten_at_60_and_90_percent(tmp_path):
+    assert milestones(config(epochs=100)) == [60, 90]
+    history = train_run(config(epochs=3, lr_milestones=(0.34, 0.67)), data(), tmp_path, torch.device("cpu"))
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.005, 0.0005])
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    best = [h for h in history if h.get("best")]
+    assert best and best[-1]["val_pgd"] == max(h["val_pgd"] for h in history)
+    assert all(0 <= h["val_pgd"] <= h["val_natural"] + 0.1 for h in history)
+
+
+def test_weight_statistics_by_hand():
+    s = weight_stats([torch.tensor([0.1, 0.3]), torch.tensor([1.0, 2.7])])
+    assert s["w_mean"] == pytest.approx(1.025) and s["w_min"] == pytest.approx(0.1) and s["w_max"] == pytest.approx(2.7)
+    assert s["w_frac_below_0.2"] == 0.25
+    assert s["w_std"] == pytest.approx(torch.tensor([0.1, 0.3, 1.0, 2.7]).double().std(unbiased=False).item())
+    hist = s["w_hist"]  # bins of 0.2 from 0: 0.1 -> bin 0, 0.3 -> 1, 1.0 -> 5, 2.7 -> 13
+    assert sum(hist) == 4 and [i for i, c in enumerate(hist) if c] == [0, 1, 5, 13]
+    assert len(hist) == 21 and weight_stats([torch.tensor([9.0])])["w_hist"][-1] == 1  # overflow bin
+    assert weight_stats([]) == {}
+
+
+def test_reweighted_methods_record_weight_statistics(tmp_path):
+    history = train_run(config(method="gairat", method_params={"lam": -1.0, "burn_in": 0.5}), data(), tmp_path,
+                        torch.device("cpu"))
+    assert not history[0]["reweighting"] and "w_mean" not in history[0]  # burn-in epoch: plain AT
+    assert history[1]["reweighting"] and history[1]["w_mean"] == pytest.approx(1.0, abs=1e-5)  # batch-normalised
+
+
+def test_non_finite_loss_stops_the_run(tmp_path):
+    with pytest.raises(NonFiniteLoss, match="epoch 1"):
+        train_run(config(lr=1e30, epochs=1), data(), tmp_path, torch.device("cpu"))
+
+
+def test_channels_last_matches_the_default_layout(tmp_path):
+    a = train_run(config(epochs=1), data(), tmp_path / "a", torch.device("cpu"))
+    b = train_run(config(epochs=1), data(), tmp_path / "b", torch.device("cpu"), runtime=RuntimeOptions(channels_last=True))
+    sa, sb = (torch.load(p / "last.pt", weights_only=True) for p in (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-4) for k in sa)
+    assert b[0]["channels_last"] and a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    history = train_run(config(epochs=1, precision="bf16", method="lrat"), data(), tmp_path, torch.device("cpu"))
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
