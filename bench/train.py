@@ -65,7 +65,9 @@ def weight_stats(weights: list[torch.Tensor]) -> dict[str, Any]:
     if not weights:
         return {}
     w = torch.cat(weights).double()
-    counts = torch.histc(w.clamp(max=HIST_EDGES[-1] + 0.1), bins=21, min=0.0, max=HIST_EDGES[-1] + 0.2)
+    # bin i holds [edge_i, edge_i+1); the last bin everything >= 4.0
+    bins = torch.bucketize(w, torch.tensor(HIST_EDGES[1:], dtype=torch.float64), right=True)
+    counts = torch.bincount(bins, minlength=len(HIST_EDGES))
     return {"w_mean": w.mean().item(), "w_std": w.std(unbiased=False).item(), "w_min": w.min().item(),
             "w_max": w.max().item(), "w_frac_below_0.2": (w < LOW_WEIGHT).double().mean().item(),
             "w_hist": counts.long().tolist()}
