@@ -1,12 +1,25 @@
-"""`bench report`: the tidy results table, a LaTeX table and a plot, from the store. Never imports torch."""
+"""`bench report`: from the finished runs in a store to paper-ready tables, plots, a compiled PDF and a
+Markdown summary that answer the LRAT paper's question (does a method that wins on the attack it trained
+with lose on the attacks it never saw?). Never imports torch: it reads the store's JSON files only.
+
+Rows are grouped into *settings* (dataset, model, threat model, eval eps, number of test points: the same
+test points, so flags pair up) and, inside a setting, into *variants* (one training config up to its seed:
+a table row, its runs the seeds). Statistics: bench/report_stats.py; rendering: report_tables.py,
+report_plots.py, report_document.py.
+"""
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
+from bench.names import UsageError, split_list, suggest
 from bench.store import Store
 
 log = logging.getLogger(__name__)
@@ -14,104 +27,265 @@ log = logging.getLogger(__name__)
 ATTACK_ORDER = ["natural", "fgsm", "pgd20", "cw20", "apgd-ce", "apgd-t", "fab-t", "square", "aa", "worst"]
 ATTACK_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-20", "apgd-ce": "APGD-CE",
                  "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square", "aa": "AA", "worst": "Worst"}
+METHOD_ORDER = ["at", "gairat", "mail", "lsat", "lrat"]
 METHOD_LABELS = {"at": "AT", "gairat": "GAIRAT", "mail": "MAIL", "lrat": "LRAT", "lsat": "LSAT"}
+# The method registry (methods/__init__.py) imports torch, so its one alias is repeated here.
+METHOD_ALIASES = {"irat": "gairat"}
+TRAIN_ATTACK_ORDER = ["pgd", "cw", "saa", "fgsm"]
 TRAIN_ATTACK_LABELS = {"pgd": "PGD", "cw": "CW", "saa": "SAA", "fgsm": "FGSM"}
+# Per-run config keys that are not part of a variant: they define the setting, or they are the seed.
+NOT_VARIANT_KEYS = ("seed", "dataset", "model")
 
 
-def load_frame(results: str | Path) -> pd.DataFrame:
-    rows = Store(results).load_rows()
-    return pd.DataFrame(rows)
-
-
-def attack_order(attacks) -> list[str]:
-    known = [a for a in ATTACK_ORDER if a in set(attacks)]
-    return known + sorted(set(attacks) - set(known))
+def attack_order(attacks: Iterable[str]) -> list[str]:
+    attacks = set(attacks)
+    known = [a for a in ATTACK_ORDER if a in attacks]
+    return known + sorted(attacks - set(known))
 
 
 def row_label(method: str, train_attack: str) -> str:
-    attacks = "+".join(TRAIN_ATTACK_LABELS.get(a, a) for a in train_attack.split("+"))
-    return f"{METHOD_LABELS.get(method, method)} ({attacks})"
+    attacks = "+".join(TRAIN_ATTACK_LABELS.get(a, a.upper()) for a in train_attack.split("+"))
+    return f"{METHOD_LABELS.get(method, method.upper())} ({attacks})"
+
+
+def tex_escape(text: str) -> str:
+    """Plain text (labels, names) -> LaTeX text mode."""
+    out = text.replace("\\", "\0")  # a placeholder, so the braces of \textbackslash{} are not escaped below
+    for char in "&%$#_{}":
+        out = out.replace(char, "\\" + char)
+    return out.replace("\0", r"\textbackslash{}")
+
+
+def eps_text(eps: float) -> str:
+    """0.0313725 -> '8/255' (the way papers write it); other budgets as short decimals."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
 @dataclass(frozen=True)
 class Selection:
-    checkpoint: str = "best"
+    """What `bench report` puts in the tables. Empty tuples select everything in the store."""
+
+    checkpoint: Literal["best", "last"] = "best"
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    train_attacks: tuple[str, ...] = ()
+    baseline: str = "at"
+    compile_pdf: bool = True
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) mean and std over seeds per (method, train attack) x eval attack."""
-    g = df.groupby(["method", "train_attack", "eval_attack"])["accuracy"]
-    out = pd.DataFrame({"mean": g.mean() * 100, "std": g.std(ddof=1).fillna(0.0) * 100, "seeds": g.size()})
-    return out.reset_index()
+@dataclass(frozen=True)
+class Variant:
+    """One table row: a training config up to its seed; its runs are ordered by seed."""
+
+    label: str
+    method: str
+    train_attack: str
+    run_ids: tuple[str, ...]
+    seeds: tuple[int, ...]
+    seen: frozenset[str]
+    reference: bool = False  # added only as the baseline's fallback row, not selected by --train-attack
 
 
-def latex_table(df: pd.DataFrame, caption: str) -> str:
-    stats = summary_table(df)
-    attacks = attack_order(stats["eval_attack"].unique())
-    rows = stats[["method", "train_attack"]].drop_duplicates().values.tolist()
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-             r"\begin{tabular}{l" + "r" * len(attacks) + "}", r"\toprule",
-             "Method (train attack) & " + " & ".join(ATTACK_LABELS.get(a, a) for a in attacks) + r" \\",
-             r"\midrule"]
-    for method, train_attack in rows:
-        cells = []
-        for a in attacks:
-            hit = stats[(stats.method == method) & (stats.train_attack == train_attack) & (stats.eval_attack == a)]
-            if hit.empty:
-                cells.append("--")
-                continue
-            mean, std, seeds = hit.iloc[0][["mean", "std", "seeds"]]
-            cells.append(f"{mean:.2f}" + (rf" $\pm$ {std:.2f}" if seeds > 1 else ""))
-        lines.append(f"{row_label(method, train_attack)} & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class Setting:
+    """Runs that share test points (dataset, model, threat model, eps, n): their flags pair up."""
+
+    dataset: str
+    model: str
+    threat_model: str
+    eps: float
+    n_points: int
+    checkpoint: str
+    baseline: str
+    variants: tuple[Variant, ...]
+    attacks: tuple[str, ...]
+    flags: dict[tuple[str, str], np.ndarray] = field(repr=False)  # (run_id, eval attack) -> bool (n,)
+    histories: dict[str, list[dict[str, Any]]] = field(repr=False)
+    slug: str = ""
+    filters: str = ""  # the --methods / --train-attack filters, named in every caption
+
+    def describe(self, tex: bool) -> str:
+        """The selection, for every caption (LaTeX) and for summary.md (Markdown)."""
+        eps = f"$\\epsilon = {eps_text(self.eps)}$" if tex else f"ε = {eps_text(self.eps)}"
+        ckpt = ("best checkpoint (highest validation PGD accuracy)" if self.checkpoint == "best"
+                else "last-epoch checkpoint")
+        threat = {"linf": "$\\ell_\\infty$" if tex else "L∞", "l2": "$\\ell_2$" if tex else "L2"}.get(
+            self.threat_model, self.threat_model)
+        name = f"{self.dataset}, {self.model}" + (f", selected {self.filters}" if self.filters else "")
+        return f"{tex_escape(name) if tex else name}, {threat} {eps}, {ckpt}"
+
+    def variant(self, label: str) -> Variant:
+        return next(v for v in self.variants if v.label == label)
 
 
-def bar_plot(df: pd.DataFrame, path_stem: Path) -> list[Path]:
-    import matplotlib
+def _canonical_train_attack(name: str) -> str:
+    return "+".join(p.strip().lower() for p in name.split("+"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    stats = summary_table(df)
-    attacks = attack_order(stats["eval_attack"].unique())
-    groups = stats[["method", "train_attack"]].drop_duplicates().values.tolist()
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(attacks) + 2), 3.5))
-    width = 0.8 / max(len(groups), 1)
-    for i, (method, train_attack) in enumerate(groups):
-        sub = stats[(stats.method == method) & (stats.train_attack == train_attack)].set_index("eval_attack")
-        means = [sub["mean"].get(a, float("nan")) for a in attacks]
-        errs = [sub["std"].get(a, 0.0) for a in attacks]
-        ax.bar([j + i * width for j in range(len(attacks))], means, width, yerr=errs,
-               label=row_label(method, train_attack), capsize=2)
-    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(attacks))])
-    ax.set_xticklabels([ATTACK_LABELS.get(a, a) for a in attacks])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xlabel("evaluation attack")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths = [path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+def _check_names(kind: str, wanted: tuple[str, ...], present: set[str], known: Iterable[str], results) -> None:
+    """Refuse names the store has no finished runs for: a typo gets a suggestion, a valid name absent from
+    the store gets the list of what is there."""
+    for name in wanted:
+        if name in present:
+            continue
+        hint = suggest(name, sorted(present | set(known)))
+        if hint and name not in set(known):
+            raise UsageError(f"Unknown {kind} '{name}'.{hint} (the store has: {', '.join(sorted(present))})")
+        raise UsageError(f"No finished runs with {kind} '{name}' in {results} "
+                         f"(the store has: {', '.join(sorted(present))}).")
+
+
+def parse_selection(*, checkpoint: str = "best", datasets: str = "", models: str = "", methods: str = "",
+                    train_attacks: str = "", baseline: str = "at", compile_pdf: bool = True) -> Selection:
+    """CLI strings -> Selection (aliases resolved; validated against the store later, in `select`)."""
+    canon = [METHOD_ALIASES.get(m.lower(), m.lower()) for m in split_list(methods)]
+    return Selection(checkpoint=checkpoint, datasets=tuple(d.lower() for d in split_list(datasets)),
+                     models=tuple(m.lower() for m in split_list(models)), methods=tuple(dict.fromkeys(canon)),
+                     train_attacks=tuple(_canonical_train_attack(a) for a in split_list(train_attacks)),
+                     baseline=METHOD_ALIASES.get(baseline.lower(), baseline.lower()), compile_pdf=compile_pdf)
+
+
+def load_frame(results: str | Path, with_flags: bool = True) -> pd.DataFrame:
+    return pd.DataFrame(Store(results).load_rows(with_flags=with_flags))
+
+
+def select(df: pd.DataFrame, sel: Selection, results: str | Path = "the store") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(selected rows, baseline pool): every name checked against the store first (UsageError, exit 2)."""
+    known_methods = [*METHOD_LABELS, *METHOD_ALIASES]
+    _check_names("dataset", sel.datasets, set(df.dataset), [], results)
+    _check_names("model", sel.models, set(df.model), [], results)
+    _check_names("method", sel.methods, set(df.method), known_methods, results)
+    valid_combos = [a for a in sel.train_attacks if all(p in TRAIN_ATTACK_LABELS for p in a.split("+"))]
+    _check_names("training attack", sel.train_attacks, set(df.train_attack), [*TRAIN_ATTACK_LABELS, *valid_combos],
+                 results)
+    if sel.baseline not in set(df.method) and sel.baseline not in known_methods:
+        raise UsageError(f"Unknown baseline method '{sel.baseline}'.{suggest(sel.baseline, sorted(set(df.method)))}")
+    pool = df[df.checkpoint == sel.checkpoint]
+    if sel.datasets:
+        pool = pool[pool.dataset.isin(sel.datasets)]
+    if sel.models:
+        pool = pool[pool.model.isin(sel.models)]
+    chosen = pool
+    if sel.methods:
+        chosen = chosen[chosen.method.isin(sel.methods)]
+    if sel.train_attacks:
+        chosen = chosen[chosen.train_attack.isin(sel.train_attacks)]
+    if chosen.empty:
+        raise UsageError(f"No finished runs match the selection ({sel.checkpoint} checkpoint) in {results}.")
+    return chosen, pool[pool.method == sel.baseline]
+
+
+def _variant_key(config: dict[str, Any], row: pd.Series) -> dict[str, Any]:
+    """The run's training config minus seed, dataset and model, method parameters flattened."""
+    train = config.get("train") or {"method": row.method, "train_attack": row.train_attack}
+    key = {k: v for k, v in train.items() if k not in NOT_VARIANT_KEYS and k != "method_params"}
+    key.update({f"p_{k}": v for k, v in (train.get("method_params") or {}).items()})
+    return key
+
+
+def _sort_key(v: Variant) -> tuple:
+    m = METHOD_ORDER.index(v.method) if v.method in METHOD_ORDER else len(METHOD_ORDER)
+    first = v.train_attack.split("+")[0]
+    t = TRAIN_ATTACK_ORDER.index(first) if first in TRAIN_ATTACK_ORDER else len(TRAIN_ATTACK_ORDER)
+    return m, v.method, t, v.train_attack.count("+"), v.train_attack, v.label
+
+
+def build_variants(runs: pd.DataFrame, configs: dict[str, dict]) -> list[Variant]:
+    """Group runs (one row per run) into variants; labels name what differs when one (method, train
+    attack) has several configs, e.g. 'GAIRAT (PGD) [p_lam=0.0]'."""
+    keys = {r.run_id: _variant_key(configs.get(r.run_id, {}), r) for r in runs.itertuples()}
+    groups: dict[str, list] = {}
+    for r in runs.itertuples():
+        groups.setdefault(json.dumps(keys[r.run_id], sort_keys=True, default=str), []).append(r)
+    by_row: dict[tuple[str, str], list[str]] = {}
+    for k, members in groups.items():
+        by_row.setdefault((members[0].method, members[0].train_attack), []).append(k)
+    variants = []
+    for (method, attack), group_keys in by_row.items():
+        dicts = [json.loads(k) for k in group_keys]
+        differing = sorted({f for d in dicts for f in d if len({json.dumps(x.get(f)) for x in dicts}) > 1})
+        for k, d in zip(group_keys, dicts):
+            members = sorted(groups[k], key=lambda r: (r.seed, r.run_id))
+            extra = ", ".join(f"{f}={d.get(f)}" for f in differing)
+            variants.append(Variant(label=row_label(method, attack) + (f" [{extra}]" if extra else ""),
+                                    method=method, train_attack=attack,
+                                    run_ids=tuple(r.run_id for r in members),
+                                    seeds=tuple(int(r.seed) for r in members), seen=frozenset()))
+    return sorted(variants, key=_sort_key)
+
+
+def baseline_for(variant: Variant, baselines: list[Variant]) -> Variant | None:
+    """[choice] The baseline row of `variant`: the baseline method with the same training attack when the
+    store has it (the paper's like-for-like comparison), else the baseline trained with PGD (the paper's
+    AT row), else none. A baseline variant is never compared with itself."""
+    same = [b for b in baselines if b.train_attack == variant.train_attack]
+    pgd = [b for b in baselines if b.train_attack == "pgd"]
+    chosen = (same or pgd or [None])[0]
+    return None if chosen is None or chosen.label == variant.label else chosen
+
+
+SETTING_COLUMNS = ["dataset", "model", "threat_model", "eval_eps", "n_eval"]
+
+
+def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFrame, sel: Selection) -> list[Setting]:
+    settings = []
+    filters = "; ".join(f"{kind} {', '.join(names)}" for kind, names in
+                        (("methods", sel.methods), ("training attacks", sel.train_attacks)) if names)
+    # Rows that record which test points they used (points_sha) pair only with rows on the very same points.
+    keys = SETTING_COLUMNS + (["points_sha"] if "points_sha" in chosen else [])
+    chosen, baseline_pool = (f.assign(points_sha=f["points_sha"].fillna("")) if "points_sha" in f else f
+                             for f in (chosen, baseline_pool))
+    groups = list(chosen.groupby(keys, sort=True))
+    for key, rows in groups:
+        (dataset, model, threat, eps, n), sha = key[:5], (key[5] if len(key) > 5 else "")
+        base_rows = baseline_pool
+        for col, val in zip(keys, key):
+            base_rows = base_rows[base_rows[col] == val] if col in base_rows else base_rows.iloc[:0]
+        run_rows = pd.concat([rows, base_rows]).drop_duplicates(["run_id", "eval_attack"])
+        per_run = run_rows.drop_duplicates("run_id")
+        configs = {r: store.config(r) for r in per_run.run_id}
+        variants = build_variants(per_run, configs)
+        selected_runs = set(rows.run_id)
+        baselines = [v for v in variants if v.method == sel.baseline]
+        needed = {b.label for v in variants if set(v.run_ids) <= selected_runs
+                  for b in [baseline_for(v, baselines)] if b is not None}
+        seen = run_rows[run_rows.seen.astype(bool)].groupby("run_id").eval_attack.agg(frozenset).to_dict()
+        kept = []
+        for v in variants:
+            in_selection = set(v.run_ids) <= selected_runs
+            if in_selection or v.label in needed:
+                kept.append(Variant(v.label, v.method, v.train_attack, v.run_ids, v.seeds,
+                                    seen.get(v.run_ids[0], frozenset()), reference=not in_selection))
+        run_ids = {r for v in kept for r in v.run_ids}
+        used = run_rows[run_rows.run_id.isin(run_ids)]
+        flags = {(r, a): np.frombuffer(f.encode("ascii"), dtype=np.uint8) == ord("1")
+                 for r, a, f in zip(used.run_id, used.eval_attack, used["flags"])}
+        slug = "" if len(groups) == 1 else f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}" + (f"-{sha[:8]}" if sha else "")
+        settings.append(Setting(dataset=dataset, model=model, threat_model=threat, eps=float(eps), n_points=int(n),
+                                checkpoint=sel.checkpoint, baseline=sel.baseline, variants=tuple(kept),
+                                attacks=tuple(attack_order(used.eval_attack.unique())), flags=flags,
+                                histories={r: store.history(r) for r in sorted(run_ids)}, slug=slug,
+                                filters=filters))
+    return settings
 
 
 def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Everything under `out`: results.csv, the tables (tex/csv/md), the figures (pdf/png), report.tex and
+    report.pdf (when pdflatex is installed), summary.md. Returns {name: path} of what was written."""
+    from bench.report_document import write_outputs
+
     df = load_frame(results)
     if df.empty:
-        raise FileNotFoundError(f"No finished runs in {results}: run `bench run` first.")
-    written = {"csv": out / "results.csv"}
-    df.sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(written["csv"], index=False)
-    sel = df[(df.checkpoint == selection.checkpoint) & (df.threat_model == "linf")]
-    n_eval = ", ".join(str(n) for n in sorted(sel.n_eval.unique()))
-    caption = (f"Accuracy (\\%) on {', '.join(sorted(sel.dataset.unique()))}, {selection.checkpoint} checkpoint, "
-               f"$\\epsilon$ = {', '.join(f'{e:.4g}' for e in sorted(sel.eval_eps.unique()))}, "
-               f"{sel.seed.nunique()} seed(s), {n_eval} test points.")
-    written["tex"] = out / "table.tex"
-    written["tex"].write_text(latex_table(sel, caption))
-    written["png"], written["pdf"] = bar_plot(sel, out / "accuracy")[::-1]
+        raise UsageError(f"No finished runs in {results}: run `bench run` first (or point --results at a store).")
+    chosen, baseline_pool = select(df, selection, results)
+    settings = build_settings(Store(results), chosen, baseline_pool, selection)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"results.csv": out / "results.csv"}
+    cols = [c for c in df.columns if c != "flags"]
+    df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(
+        written["results.csv"], index=False)
+    written.update(write_outputs(settings, selection, out))
     return written

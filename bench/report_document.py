@@ -1,0 +1,182 @@
+"""Write every output of `bench report` for a list of settings: the tables (tex/md/csv), the figures
+(pdf/png), a standalone LaTeX document that includes them all (compiled with pdflatex when installed), and
+summary.md, a Markdown page to paste into a README or a pull request."""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from bench import report_plots as plots
+from bench import report_tables as tables
+from bench.report import ATTACK_LABELS, METHOD_LABELS, Selection, Setting, baseline_for, tex_escape
+from bench.report_stats import cell_stats, gap_stats
+
+log = logging.getLogger(__name__)
+
+PREAMBLE = r"""\documentclass[10pt]{article}
+\usepackage[a4paper,landscape,margin=1.5cm]{geometry}
+\usepackage[T1]{fontenc}
+\usepackage{lmodern}
+\usepackage{booktabs}
+\usepackage{graphicx}
+\usepackage[font=small,labelfont=bf]{caption}
+\title{Adversarial training: seen versus unseen attacks}
+\author{lrat-bench}
+\begin{document}
+\maketitle
+"""
+
+
+class ReportError(RuntimeError):
+    """The report could not be completed (pdflatex failed on the generated document)."""
+
+
+def _figure_tex(path: Path, caption: str) -> str:
+    return "\n".join([r"\begin{figure}[htbp]", r"\centering",
+                      rf"\includegraphics[width=\linewidth,height=0.75\textheight,keepaspectratio]{{{path.name}}}",
+                      rf"\caption{{{caption}}}", r"\end{figure}", ""])
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"
+
+
+def _attacks_md(csv: str) -> str:
+    return ", ".join(ATTACK_LABELS.get(a, a) for a in csv.split(",")) if csv else "none"
+
+
+def answer_lines(gaps: pd.DataFrame) -> list[str]:
+    """One plain sentence per compared row: the gap on seen and unseen attacks, interval, verdict, p."""
+    def gap_text(g: dict, key: str, how: str) -> str:
+        lo, hi, p = g[f"{key}_gap_low"], g[f"{key}_gap_high"], g[f"{key}_p"]
+        p_text = f", McNemar p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if tables.finite(p) else ""
+        return f"{g[f'{key}_gap']:+.2f} points{how} [{lo:.1f}, {hi:.1f}] ({_verdict(lo, hi)}{p_text})"
+
+    lines = []
+    for g in gaps.to_dict("records"):
+        parts = []
+        if tables.finite(g["seen_gap"]):
+            parts.append(f"on the seen attacks ({_attacks_md(g['seen_attacks'])}) {gap_text(g, 'seen', '')}")
+        if tables.finite(g["unseen_mean_gap"]):
+            parts.append(f"on the unseen attacks ({_attacks_md(g['unseen_attacks'])}) "
+                         f"{gap_text(g, 'unseen_mean', ' on average')} and "
+                         f"{gap_text(g, 'unseen_worst', ' in the per-example worst case')}")
+        if parts:
+            lines.append(f"- **{g['variant']}** vs {g['baseline']}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def _baseline_note(setting: Setting, tex: bool) -> str:
+    refs = [v.label for v in setting.variants if v.reference]
+    if not refs:
+        return ""
+    names = ", ".join(tex_escape(r) if tex else r for r in refs)
+    return f" {names}: the baseline for the gaps, shown although outside the selection."
+
+
+def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, str]:
+    """Tables and figures of one setting; returns (written files, LaTeX body, Markdown body)."""
+    s, written = setting.slug, {}
+    sel_tex, sel_md = setting.describe(True), setting.describe(False)
+    cells = cell_stats(setting)
+    baselines = [v for v in setting.variants if v.method == setting.baseline]
+    gaps, per_attack = gap_stats(setting, lambda v: baseline_for(v, baselines))
+    hist = plots.history_frame(setting)
+    base_name = METHOD_LABELS.get(setting.baseline, setting.baseline)
+
+    def emit(name: str, tex: str, md: str, frame: pd.DataFrame) -> None:
+        for ext, text in (("tex", tex), ("md", md)):
+            written[f"{name}{s}.{ext}"] = out / f"{name}{s}.{ext}"
+            written[f"{name}{s}.{ext}"].write_text(text)
+        written[f"{name}{s}.csv"] = out / f"{name}{s}.csv"
+        frame.to_csv(written[f"{name}{s}.csv"], index=False)
+
+    emit("table", tables.main_table_latex(cells, sel_tex, f"tab:main{s}", _baseline_note(setting, True)),
+         tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False)), cells)
+    body_tex = [rf"\section*{{{sel_tex}}}", rf"\input{{table{s}.tex}}"]
+    body_md = [f"## {sel_md}", ""]
+    if gaps.empty:
+        log.warning("nothing to compare with the baseline %s in %s (absent, or the only method): no gap tables",
+                    base_name, sel_md)
+        body_md += [f"Nothing to compare with the baseline {base_name} (absent, or the only method): no gap table.", ""]
+    else:
+        emit("gap_table", tables.gap_table_latex(gaps, sel_tex, f"tab:gap{s}"), tables.gap_table_markdown(gaps, sel_md), gaps)
+        emit("attack_gaps", tables.attack_gap_latex(per_attack, sel_tex, f"tab:attack-gaps{s}"),
+             tables.attack_gap_markdown(per_attack, sel_md), per_attack)
+        body_tex += [rf"\input{{gap_table{s}.tex}}", rf"\input{{attack_gaps{s}.tex}}"]
+        body_md += ["**Answer** (gap to the baseline, 95% interval over test points):", "", *answer_lines(gaps), ""]
+    body_md += ["### Accuracy (%)", "", written[f"table{s}.md"].read_text()]
+    if not gaps.empty:
+        body_md += ["### Gap to the baseline", "", written[f"gap_table{s}.md"].read_text(),
+                    "### Gap per attack", "", written[f"attack_gaps{s}.md"].read_text()]
+
+    seeds = tables.count_text(cells.groupby("variant")["n_seeds"].max().tolist(), "seed")
+    figures = [("fig_heatmap", plots.heatmap_figure(cells),
+                f"Accuracy (\\%) per training attack (rows) and evaluation attack (columns), one panel per method, "
+                f"mean over {seeds} on {sel_tex}, {setting.n_points} test points. $\\dagger$: seen attack. The colour "
+                f"scale spans the attacked columns; natural accuracy saturates it.")]
+    if not gaps.empty:
+        figures.append(("fig_gap", plots.gap_figure(gaps, setting.baseline),
+                        f"Gap to the baseline ({base_name}) on seen attacks, and on unseen attacks (mean and "
+                        f"per-example worst case), averaged over {seeds} per row; bars: 95\\% paired bootstrap intervals "
+                        f"over the {setting.n_points} test points. {sel_tex}."))
+    if not hist.empty:
+        figures.append(("fig_curves", plots.curves_figure(hist),
+                        f"Training curves: natural and PGD-10 accuracy on the validation split after each epoch, "
+                        f"mean over {seeds} (band: min to max). {sel_tex}."))
+        weights = plots.weights_figure(hist)
+        if weights is not None:
+            figures.append(("fig_weights", weights,
+                            "Instance weights of the reweighted methods over training (the LRAT paper's Fig.~1a "
+                            "from our runs): (a) share of instances with weight $<0.2$ per epoch, mean over "
+                            f"{seeds} per row; then per method the weight histogram at the first, middle and last "
+                            f"reweighted epoch, pooled over seeds (last bin: weights $\\geq 4$). {sel_tex}."))
+    for name, fig, caption in figures:
+        pdf, png = plots.save(fig, out / f"{name}{s}")
+        written[pdf.name], written[png.name] = pdf, png
+        body_tex.append(_figure_tex(pdf, caption))
+        body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
+    body_tex.append(r"\clearpage")
+    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
+
+
+def compile_pdf(tex: Path) -> Path | None:
+    """pdflatex `tex` in its folder; None (with a warning) when pdflatex is not installed."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        log.warning("pdflatex is not installed: wrote %s without compiling it", tex)
+        return None
+    proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", tex.name],
+                          cwd=tex.parent, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise ReportError(f"pdflatex failed on {tex} (log: {tex.with_suffix('.log')}):\n{proc.stdout[-2000:]}")
+    for ext in (".aux", ".log", ".out"):
+        tex.with_suffix(ext).unlink(missing_ok=True)
+    return tex.with_suffix(".pdf")
+
+
+def write_outputs(settings: list[Setting], selection: Selection, out: Path) -> dict[str, Path]:
+    written: dict[str, Path] = {}
+    tex_parts, md_parts = [], []
+    for setting in settings:
+        files, tex, md = write_setting(setting, out)
+        written.update(files)
+        tex_parts.append(tex)
+        md_parts.append(md)
+    doc = out / "report.tex"
+    doc.write_text(PREAMBLE + "\n".join(tex_parts) + "\\end{document}\n")
+    written["report.tex"] = doc
+    summary = out / "summary.md"
+    summary.write_text("# Adversarial training: seen versus unseen attacks\n\n"
+                       f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
+                       f"{METHOD_LABELS.get(selection.baseline, selection.baseline)}).\n\n" + "\n".join(md_parts))
+    written["summary.md"] = summary
+    if selection.compile_pdf:
+        pdf = compile_pdf(doc)
+        if pdf is not None:
+            written["report.pdf"] = pdf
+    return written

@@ -1,0 +1,205 @@
+"""Statistics for `bench report`: mean and spread over seeds, bootstrap intervals over test points, and the
+paired McNemar test against a baseline. numpy and scipy only (the report path never imports torch).
+
+Every statistic here is a mean over test points of a per-point value in [0, 1] (a robust flag, its mean over
+seeds or attacks) or of a paired difference of such values, so one bootstrap serves every table cell.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+if TYPE_CHECKING:
+    from bench.report import Setting, Variant
+
+NOT_AN_ATTACK = ("natural", "worst")  # columns that are neither seen nor unseen attacks
+
+LEVEL = 0.95
+N_RESAMPLES = 2_000  # endpoint Monte Carlo error ~0.06 sd of the mean, 3% of the half-width
+BOOTSTRAP_SEED = 0  # fixed, so a report rendered twice from the same store is identical
+
+
+def flag_matrix(flags: Sequence[str]) -> np.ndarray:
+    """Stored '0110...' strings (one per run) -> bool array of shape (runs, points)."""
+    if not flags:
+        return np.zeros((0, 0), dtype=bool)
+    lengths = {len(f) for f in flags}
+    if len(lengths) != 1:
+        raise ValueError(f"flag strings of different lengths {sorted(lengths)}: not the same test points")
+    raw = np.frombuffer("".join(flags).encode("ascii"), dtype=np.uint8)
+    return (raw == ord("1")).reshape(len(flags), lengths.pop())
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1) over seeds; the std is NaN for a single seed."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
+
+
+def bootstrap_ci(values: np.ndarray, level: float = LEVEL, n_resamples: int = N_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993) of the mean of `values` over test points.
+
+    Resampling n points with replacement only changes how often each distinct value is drawn, so we draw
+    those counts from a multinomial instead of n indices: the same distribution as scipy.stats.bootstrap
+    (method='percentile'), at a cost independent of n (per-point values take only a few distinct levels).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    if v.size == 0:
+        return math.nan, math.nan
+    levels, counts = np.unique(v, return_counts=True)
+    draws = np.random.default_rng(seed).multinomial(v.size, counts / v.size, size=n_resamples)
+    means = draws @ levels / v.size
+    tail = (1 - level) / 2
+    lo, hi = np.percentile(means, [100 * tail, 100 * (1 - tail)])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Paired comparison on the same test points: `b` points only the method gets right, `c` only the
+    baseline; `p` the two-sided exact McNemar p-value."""
+
+    b: int
+    c: int
+    p: float
+
+
+def mcnemar(method: np.ndarray, baseline: np.ndarray) -> McNemar:
+    """Exact McNemar test (McNemar 1947): under H0 each discordant pair favours either side with
+    probability 1/2, so b ~ Binomial(b + c, 1/2). scipy's binomtest is exact and fast at any count, so we
+    never switch to the chi-square approximation (the same p-value as statsmodels' mcnemar(exact=True)).
+
+    `method` and `baseline` are bool arrays of the same shape: (points,) or (paired runs, points), each
+    (run, point) pair counted once (runs paired by seed, see `pair_runs`)."""
+    m, base = np.asarray(method, dtype=bool), np.asarray(baseline, dtype=bool)
+    if m.shape != base.shape:
+        raise ValueError(f"paired flags differ in shape: {m.shape} vs {base.shape}")
+    b, c = int(np.sum(m & ~base)), int(np.sum(~m & base))
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return McNemar(b, c, p)
+
+
+def pair_runs(method_seeds: Sequence[int], baseline_seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """Index pairs (method run, baseline run) for the paired test: equal seeds when the two share any,
+    otherwise the k-th smallest seed of each (a [choice]; seeds are exchangeable)."""
+    common = sorted(set(method_seeds) & set(baseline_seeds))
+    if common:
+        return [(list(method_seeds).index(s), list(baseline_seeds).index(s)) for s in common]
+    m_order = sorted(range(len(method_seeds)), key=lambda i: method_seeds[i])
+    b_order = sorted(range(len(baseline_seeds)), key=lambda i: baseline_seeds[i])
+    return list(zip(m_order, b_order))
+
+
+def significance(p: float) -> str:
+    """Conventional marks: * p < 0.05, ** p < 0.01, *** p < 0.001."""
+    if p != p:
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+# ---- table-level statistics over a Setting (bench/report.py) ------------------------------------------------
+
+def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str], how: str = "all") -> tuple[list[int], np.ndarray]:
+    """(seeds, per-run per-point values) of `variant` over `attacks`: 'all' = robust to every attack (the
+    per-example worst case, AutoAttack's rule), 'mean' = share of the attacks it survives. Only runs that
+    have every attack stored take part."""
+    seeds, rows = [], []
+    for seed, run in zip(variant.seeds, variant.run_ids):
+        if not all((run, a) in setting.flags for a in attacks):
+            continue
+        m = np.stack([setting.flags[(run, a)] for a in attacks])
+        rows.append(m.all(axis=0) if how == "all" else m.mean(axis=0))
+        seeds.append(seed)
+    return seeds, (np.stack(rows) if rows else np.zeros((0, setting.n_points)))
+
+
+def cell_stats(setting: Setting) -> pd.DataFrame:
+    """One row per (variant, eval attack): accuracy % mean and std over seeds, the bootstrap 95% interval
+    over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column."""
+    out = []
+    for v in setting.variants:
+        for a in setting.attacks:
+            seeds, m = run_matrix(setting, v, [a])
+            if not seeds:
+                continue
+            mean, std = mean_std(m.mean(axis=1))
+            lo, hi = bootstrap_ci(m.mean(axis=0))
+            out.append({"variant": v.label, "method": v.method, "train_attack": v.train_attack, "eval_attack": a,
+                        "seen": a in v.seen, "mean": 100 * mean, "std": 100 * std, "ci_low": 100 * lo,
+                        "ci_high": 100 * hi, "n_seeds": len(seeds), "n_points": m.shape[1],
+                        "reference": v.reference})
+    df = pd.DataFrame(out)
+    if not df.empty:
+        df["best"] = best_in_column(df)
+    return df
+
+
+def best_in_column(cells: pd.DataFrame) -> pd.Series:
+    """Highest mean per eval attack, compared as displayed (2 decimals) so printed ties are all marked."""
+    shown = cells["mean"].round(2)
+    return shown == shown.groupby(cells["eval_attack"]).transform("max")
+
+
+def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], how: str) -> dict[str, float]:
+    """Accuracy of v, of the baseline, their gap with a paired bootstrap interval over test points, and
+    (for binary outcomes) McNemar on seed-paired runs. Empty `attacks` gives NaNs."""
+    nan = {"acc": math.nan, "acc_std": math.nan, "base": math.nan, "gap": math.nan, "gap_low": math.nan,
+           "gap_high": math.nan, "b": math.nan, "c": math.nan, "p": math.nan}
+    if not attacks:
+        return nan
+    seeds, m = run_matrix(setting, v, attacks, how)
+    base_seeds, bm = run_matrix(setting, base, attacks, how)
+    if not seeds or not base_seeds:
+        return nan
+    diff = m.mean(axis=0) - bm.mean(axis=0)  # per point, each side averaged over its own seeds
+    lo, hi = bootstrap_ci(diff)
+    acc, std = mean_std(m.mean(axis=1))
+    res = {"acc": 100 * acc, "acc_std": 100 * std, "base": 100 * bm.mean(), "gap": 100 * diff.mean(),
+           "gap_low": 100 * lo, "gap_high": 100 * hi, "b": math.nan, "c": math.nan, "p": math.nan}
+    if how == "all":
+        pairs = pair_runs(seeds, base_seeds)
+        test = mcnemar(m[[i for i, _ in pairs]], bm[[j for _, j in pairs]])
+        res.update(b=test.b, c=test.c, p=test.p)
+    return res
+
+
+def common_attacks(setting: Setting, *variants: Variant) -> list[str]:
+    """Eval attacks stored for every run of every given variant, in column order."""
+    runs = [r for v in variants for r in v.run_ids]
+    return [a for a in setting.attacks if all((r, a) in setting.flags for r in runs)]
+
+
+def gap_stats(setting: Setting, baseline_of) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(gap table, per-attack comparisons) of every variant against its baseline (`baseline_of(v)`).
+
+    Gap table: seen = the eval attacks simulated in training, scored per example as the worst case over
+    them; unseen = the other attacks (natural and 'worst' excluded), as their mean accuracy and as the
+    per-example worst case. Gaps in points (%), 95% paired bootstrap intervals over test points, exact
+    McNemar p-values where the outcome is binary (seen, unseen worst case, each single attack)."""
+    gaps, per_attack = [], []
+    for v in setting.variants:
+        base = baseline_of(v)
+        if base is None:
+            continue
+        attacks = common_attacks(setting, v, base)
+        seen = [a for a in attacks if a in v.seen and a not in NOT_AN_ATTACK]
+        unseen = [a for a in attacks if a not in v.seen and a not in NOT_AN_ATTACK]
+        row = {"variant": v.label, "method": v.method, "train_attack": v.train_attack, "baseline": base.label,
+               "seen_attacks": ",".join(seen), "unseen_attacks": ",".join(unseen), "n_seeds": len(v.seeds),
+               "n_baseline_seeds": len(base.seeds), "n_points": setting.n_points}
+        for name, subset, how in (("seen", seen, "all"), ("unseen_mean", unseen, "mean"),
+                                  ("unseen_worst", unseen, "all")):
+            row.update({f"{name}_{k}": x for k, x in _compare(setting, v, base, subset, how).items()})
+        gaps.append(row)
+        for a in attacks:
+            r = _compare(setting, v, base, [a], "all")
+            per_attack.append({"variant": v.label, "baseline": base.label, "eval_attack": a,
+                               "seen": a in v.seen, **r, "n_seeds": len(v.seeds), "n_points": setting.n_points})
+    return pd.DataFrame(gaps), pd.DataFrame(per_attack)

@@ -1,0 +1,232 @@
+"""Tables of `bench report`, each as LaTeX (booktabs), Markdown and CSV twins.
+
+- main table: the LRAT paper's Table 1 layout (rows = method (training attack), columns = natural and each
+  eval attack, accuracy %, mean ± std over seeds, best per column bold, seen cells with a dagger), with the
+  95% bootstrap interval over test points on a second line;
+- gap table: seen / unseen-mean / unseen-worst accuracy and the gap to the baseline, intervals, McNemar p;
+- per-attack gaps: the gap to the baseline under each eval attack, with McNemar significance marks.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.report import ATTACK_LABELS, attack_order, tex_escape
+from bench.report_stats import best_in_column, significance
+
+SEEN_NOTE_TEX = r"$^\dagger$: the evaluation attack was simulated in training (seen)."
+SEEN_NOTE_MD = "†: the evaluation attack was simulated in training (seen)."
+STARS_TEX = r"exact McNemar test against the baseline on the same test points: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
+STARS_MD = r"exact McNemar test against the baseline on the same test points: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
+
+
+def finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def count_text(values: Sequence[int], noun: str) -> str:
+    """[3, 3, 2] -> '2-3 seeds'; [3] -> '3 seeds'; [1] -> '1 seed'."""
+    lo, hi = min(values), max(values)
+    plural = noun if hi == 1 else noun + "s"
+    return f"{lo} {plural}" if lo == hi else f"{lo}--{hi} {plural}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A rendered table: header, one main line per row and an optional interval line under it."""
+
+    header: list[str]
+    rows: list[list[str]]
+    sub_rows: list[list[str] | None]
+
+    def latex(self, caption: str, label: str) -> str:
+        lines = [r"\begin{table}[htbp]", r"\centering", r"\small", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
+                 r"\begin{tabular}{l" + "r" * (len(self.header) - 1) + "}", r"\toprule",
+                 " & ".join(self.header) + r" \\", r"\midrule"]
+        for row, sub in zip(self.rows, self.sub_rows):
+            lines.append(" & ".join(row) + r" \\")
+            if sub is not None:
+                lines.append(" & ".join(rf"{{\scriptsize {c}}}" if c else "" for c in sub) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def markdown(self, caption: str) -> str:
+        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(self.header) - 1)) + "|"]
+        for row, sub in zip(self.rows, self.sub_rows):
+            cells = row if sub is None else [c + (f" <sub>{s}</sub>" if s else "") for c, s in zip(row, sub)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + f"\n\n{caption}\n"
+
+
+def _interval(lo: float, hi: float, tex: bool, digits: int = 1) -> str:
+    if not (finite(lo) and finite(hi)):
+        return ""
+    return f"$[{lo:.{digits}f}, {hi:.{digits}f}]$" if tex else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _signed(x: float, tex: bool) -> str:
+    return (f"${x:+.2f}$" if tex else f"{x:+.2f}") if finite(x) else "--"
+
+
+def _p_text(p: float, tex: bool) -> str:
+    if not finite(p):
+        return "--"
+    return ("$<0.001$" if tex else "<0.001") if p < 0.001 else f"{p:.3f}"
+
+
+def _rows_in_order(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["variant"]))
+
+
+# ---- main table ---------------------------------------------------------------------------------------------
+
+def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
+    attacks = attack_order(cells["eval_attack"].unique())
+    header = ["Method (train attack)"] + [ATTACK_LABELS.get(a, a) for a in attacks]
+    index = cells.assign(best=best_in_column(cells)).set_index(["variant", "eval_attack"])
+    rows, subs = [], []
+    for variant in _rows_in_order(cells):
+        row, sub = [tex_escape(variant) if tex else variant], [""]
+        for a in attacks:
+            if (variant, a) not in index.index:
+                row.append("--")
+                sub.append("")
+                continue
+            c = index.loc[(variant, a)]
+            mean = f"{c['mean']:.2f}"
+            mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
+            std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
+            dagger = ((r"$^\dagger$" if tex else " †") if c["seen"] else "")
+            row.append(mean + std + dagger)
+            sub.append(_interval(c["ci_low"], c["ci_high"], tex))
+        rows.append(row)
+        subs.append(sub)
+    return Grid(header, rows, subs)
+
+
+def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: str = "") -> str:
+    seeds = count_text(cells.groupby("variant")["n_seeds"].max().tolist(), "seed")
+    points = count_text(cells["n_points"].unique().tolist(), "test point")
+    if not tex:
+        seeds, points = seeds.replace("--", "–"), points.replace("--", "–")
+    pm, pct = (r"$\pm$", r"\%") if tex else ("±", "%")
+    below = "below it" if tex else "then"
+    return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
+            f"interval over the {points}. Bold: best in each column. "
+            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{baseline_note}")
+
+
+def main_table_latex(cells: pd.DataFrame, selection: str, label: str = "tab:main", baseline_note: str = "") -> str:
+    return main_grid(cells, tex=True).latex(main_caption(cells, selection, True, baseline_note), label)
+
+
+def main_table_markdown(cells: pd.DataFrame, selection: str, baseline_note: str = "") -> str:
+    return main_grid(cells, tex=False).markdown(main_caption(cells, selection, False, baseline_note))
+
+
+# ---- gap table ----------------------------------------------------------------------------------------------
+
+GAP_HEADER = ["Method (train attack)", "Baseline", "Seen", r"$\Delta$ seen", "p", "Unseen mean",
+              r"$\Delta$ unseen mean", "Unseen worst", r"$\Delta$ unseen worst", "p"]
+
+
+def gap_grid(gaps: pd.DataFrame, tex: bool) -> Grid:
+    header = GAP_HEADER if tex else [h.replace(r"$\Delta$", "Δ") for h in GAP_HEADER]
+    rows, subs = [], []
+    for g in gaps.to_dict("records"):
+        name = tex_escape if tex else str
+        row, sub = [name(g["variant"]), name(g["baseline"])], ["", ""]
+        for key, with_p in (("seen", True), ("unseen_mean", False), ("unseen_worst", True)):
+            acc = g[f"{key}_acc"]
+            row += [f"{acc:.2f}" if finite(acc) else "--", _signed(g[f"{key}_gap"], tex)]
+            sub += ["", _interval(g[f"{key}_gap_low"], g[f"{key}_gap_high"], tex)]
+            if with_p:
+                row.append(_p_text(g[f"{key}_p"], tex))
+                sub.append("")
+        rows.append(row)
+        subs.append(sub)
+    return Grid(header, rows, subs)
+
+
+def _attack_sets(gaps: pd.DataFrame, tex: bool) -> str:
+    """'PGD-20 seen, CW-20 and AA unseen for GAIRAT (PGD), ...': which attacks each column aggregates."""
+    def names(csv: str) -> str:
+        return ", ".join(ATTACK_LABELS.get(a, a) for a in csv.split(",")) if csv else "none"
+    groups: dict[tuple[str, str], list[str]] = {}
+    for g in gaps.to_dict("records"):
+        groups.setdefault((g["seen_attacks"], g["unseen_attacks"]), []).append(g["variant"])
+    parts = [f"seen {names(s)}, unseen {names(u)} for " + ", ".join(tex_escape(v) if tex else v for v in vs)
+             for (s, u), vs in groups.items()]
+    return "; ".join(parts)
+
+
+def gap_caption(gaps: pd.DataFrame, selection: str, tex: bool) -> str:
+    seeds = count_text(gaps["n_seeds"].tolist(), "seed")
+    base_seeds = count_text(gaps["n_baseline_seeds"].tolist(), "seed")
+    points = count_text(gaps["n_points"].unique().tolist(), "test point")
+    pct, delta = (r"\%", r"$\Delta$") if tex else ("%", "Δ")
+    text = (f"Seen versus unseen attacks on {selection}. Seen: accuracy ({pct}) under the evaluation attacks "
+            f"simulated in training (per-example worst case when several); unseen: mean accuracy over the other "
+            f"attacks, and the per-example worst case over them. {delta}: method minus baseline in points "
+            f"(averaged over {seeds} per row and {base_seeds} for the baseline), {'below it' if tex else 'then'} "
+            f"the 95{pct} paired bootstrap interval over the {points}; p: exact McNemar test on the same points, "
+            f"discordant pairs pooled over seed-matched runs. Attacks: {_attack_sets(gaps, tex)}.")
+    return text if tex else text.replace("--", "–")
+
+
+def gap_table_latex(gaps: pd.DataFrame, selection: str, label: str = "tab:gap") -> str:
+    return gap_grid(gaps, tex=True).latex(gap_caption(gaps, selection, True), label)
+
+
+def gap_table_markdown(gaps: pd.DataFrame, selection: str) -> str:
+    return gap_grid(gaps, tex=False).markdown(gap_caption(gaps, selection, False))
+
+
+# ---- per-attack gaps ----------------------------------------------------------------------------------------
+
+def attack_gap_grid(per_attack: pd.DataFrame, tex: bool) -> Grid:
+    attacks = attack_order(per_attack["eval_attack"].unique())
+    header = ["Method (train attack)", "Baseline"] + [ATTACK_LABELS.get(a, a) for a in attacks]
+    index = per_attack.set_index(["variant", "eval_attack"])
+    rows, subs = [], []
+    for variant in _rows_in_order(per_attack):
+        base = per_attack.loc[per_attack["variant"] == variant, "baseline"].iloc[0]
+        row = [tex_escape(variant), tex_escape(base)] if tex else [variant, base]
+        sub = ["", ""]
+        for a in attacks:
+            if (variant, a) not in index.index:
+                row.append("--")
+                sub.append("")
+                continue
+            c = index.loc[(variant, a)]
+            stars = significance(c["p"])
+            if tex:
+                marks = stars + (r"\dagger" if c["seen"] else "")
+                row.append(rf"${c['gap']:+.2f}^{{{marks}}}$" if marks else _signed(c["gap"], tex))
+            else:  # escaped: a bare * is emphasis in Markdown
+                row.append(_signed(c["gap"], tex) + stars.replace("*", r"\*") + (" †" if c["seen"] else ""))
+            sub.append(_interval(c["gap_low"], c["gap_high"], tex))
+        rows.append(row)
+        subs.append(sub)
+    return Grid(header, rows, subs)
+
+
+def attack_gap_caption(per_attack: pd.DataFrame, selection: str, tex: bool) -> str:
+    points = count_text(per_attack["n_points"].unique().tolist(), "test point")
+    seeds = count_text(per_attack.groupby("variant")["n_seeds"].max().tolist(), "seed")
+    pct = r"\%" if tex else "%"
+    return (f"Gap to the baseline (method minus baseline, accuracy points) under each evaluation attack on "
+            f"{selection}, averaged over {seeds} per row, {'below it' if tex else 'then'} the 95{pct} paired "
+            f"bootstrap interval over the {points}. "
+            f"Marks: {STARS_TEX if tex else STARS_MD}. {SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}")
+
+
+def attack_gap_latex(per_attack: pd.DataFrame, selection: str, label: str = "tab:attack-gaps") -> str:
+    return attack_gap_grid(per_attack, tex=True).latex(attack_gap_caption(per_attack, selection, True), label)
+
+
+def attack_gap_markdown(per_attack: pd.DataFrame, selection: str) -> str:
+    return attack_gap_grid(per_attack, tex=False).markdown(attack_gap_caption(per_attack, selection, False))

@@ -1,0 +1,97 @@
+"""The whole report: every output written, the standalone document compiles with pdflatex, summary.md is
+self-contained, captions state the selection, and the report path never imports torch."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.report import Selection, parse_selection, write_report
+from test_report_store import paper_store
+
+HAS_PDFLATEX = shutil.which("pdflatex") is not None
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    paper_store(root, seeds=(0, 1), n=80, extra=True)
+    return root
+
+
+@pytest.mark.skipif(not HAS_PDFLATEX, reason="pdflatex is not installed (CI installs it)")
+def test_standalone_document_compiles_and_includes_every_table_and_figure(store_root, tmp_path):
+    written = write_report(store_root, tmp_path, Selection())
+    pdf = written["report.pdf"]
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 10_000
+    tex = written["report.tex"].read_text()
+    for name in ("table", "gap_table", "attack_gaps"):
+        assert rf"\input{{{name}.tex}}" in tex and (tmp_path / f"{name}.tex").exists()
+    for fig in ("fig_heatmap", "fig_gap", "fig_curves", "fig_weights"):
+        assert f"{{{fig}.pdf}}" in tex and (tmp_path / f"{fig}.png").exists()
+    assert not (tmp_path / "report.aux").exists()  # build leftovers cleaned
+
+
+def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
+    written = write_report(store_root, tmp_path, Selection(compile_pdf=False))
+    expected = {f"{t}.{ext}" for t in ("table", "gap_table", "attack_gaps") for ext in ("tex", "md", "csv")}
+    expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "gap", "curves", "weights") for ext in ("pdf", "png")}
+    expected |= {"results.csv", "report.tex", "summary.md"}
+    assert set(written) == expected and all(p.exists() for p in written.values())
+    summary = written["summary.md"].read_text()
+    assert "- **GAIRAT (PGD)** vs AT (PGD): on the seen attacks (PGD-20)" in summary
+    assert "| Method (train attack) | Natural | PGD-20 | CW-20 | AA | Worst |" in summary
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", summary):
+        assert (tmp_path / image).exists()  # links resolve next to summary.md
+    assert "mail" not in (tmp_path / "results.csv").read_text()  # unfinished run: invisible
+
+
+def test_captions_state_the_selection(store_root, tmp_path):
+    sel = parse_selection(methods="gairat", train_attacks="pgd", checkpoint="best")
+    write_report(store_root, tmp_path, sel)
+    table = (tmp_path / "table.tex").read_text()
+    assert "synthetic, small-cnn, selected methods gairat; training attacks pgd" in table
+    assert "best checkpoint" in table and "2 seeds per row" in table
+    assert "80 test points" in table
+    assert "AT (PGD): the baseline for the gaps, shown although outside the selection" in table
+    assert "LRAT" not in table
+    result = CliRunner().invoke(main, ["report", "--results", str(store_root), "--out", str(tmp_path / "b"),
+                                       "--no-pdf", "--checkpoint", "last"])
+    assert result.exit_code == 2 and "No finished runs match" in result.output  # only 'best' was stored
+
+
+def test_report_path_never_imports_torch(store_root, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        from click.testing import CliRunner
+        from bench.cli import main
+        result = CliRunner().invoke(main, ["report", "--results", {str(store_root)!r}, "--out", {str(tmp_path)!r},
+                                           "--no-pdf"])
+        print(result.exit_code, "torch" in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[:2] == ["0", "False"], out.stdout
+    assert (tmp_path / "table.tex").exists()
+
+
+def test_two_settings_get_separate_files(tmp_path):
+    from bench.store import Store
+    from test_report_store import add_run
+
+    store = Store(tmp_path / "r")
+    for model in ("small-cnn", "resnet18"):
+        add_run(store, "at", "pgd", 0, {"natural": [True, True], "pgd20": [True, False]}, model=model)
+    written = write_report(tmp_path / "r", tmp_path / "o", Selection(compile_pdf=False))
+    tables = sorted(n for n in written if n.startswith("table") and n.endswith(".tex"))
+    assert tables == ["table-synthetic-resnet18-linf-eps0.03137-n2.tex", "table-synthetic-small-cnn-linf-eps0.03137-n2.tex"]
+    assert json.dumps(sorted(written)).count("fig_heatmap") == 4  # pdf + png per setting

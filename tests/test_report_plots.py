@@ -1,0 +1,109 @@
+"""Plots: the files exist, and the matplotlib objects have the expected axes, labels, bars and cells."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.container import BarContainer
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle, StepPatch
+
+from bench import report_plots as plots
+from bench.report import Selection, baseline_for, build_settings, load_frame, select
+from bench.report_stats import cell_stats, gap_stats
+from bench.store import Store
+from test_report_store import add_run, paper_store
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    store = paper_store(root, seeds=(0, 1), n=60)
+    chosen, pool = select(load_frame(root), Selection())
+    (s,) = build_settings(store, chosen, pool, Selection())
+    return s
+
+
+@pytest.fixture(scope="module")
+def tables(setting):
+    baselines = [v for v in setting.variants if v.method == "at"]
+    gaps, _ = gap_stats(setting, lambda v: baseline_for(v, baselines))
+    return cell_stats(setting), gaps
+
+
+def test_heatmap_one_panel_per_method_with_every_cell(tables):
+    cells, _ = tables
+    fig = plots.heatmap_figure(cells)
+    panels = [ax for ax in fig.axes if any(isinstance(i, AxesImage) for i in ax.images) and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["AT", "GAIRAT", "LRAT"]
+    for ax, method in zip(panels, ["at", "gairat", "lrat"]):
+        grid = ax.images[0].get_array()
+        assert grid.shape == (1, 5)  # one training attack x (natural, pgd20, cw20, aa, worst)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["Natural", "PGD-20", "CW-20", "AA", "Worst"]
+        assert ax.get_xlabel() == "evaluation attack" and ax.get_ylabel() == "training attack"
+        sub = cells[cells.method == method].set_index("eval_attack")
+        assert grid[0, 1] == pytest.approx(sub.loc["pgd20", "mean"])
+        texts = [t.get_text() for t in ax.texts]
+        assert len(texts) == 5 and sum(t.endswith("†") for t in texts) == 1  # exactly one seen cell
+    assert any(ax.get_ylabel() == "accuracy (%)" for ax in fig.axes)  # the shared colour bar
+
+
+def test_gap_bars_with_intervals_and_missing_values(tables, tmp_path):
+    _, gaps = tables
+    fig = plots.gap_figure(gaps, "at")
+    (ax,) = fig.axes
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 3 * len(gaps) == 6  # seen, unseen mean, unseen worst per compared row
+    heights = sorted(b.get_height() for b in bars)
+    expected = sorted(gaps[[f"{k}_gap" for k, _ in plots.GAP_KINDS]].to_numpy().ravel())
+    assert heights == pytest.approx(expected)
+    assert ax.get_ylabel() == "gap to baseline (accuracy points)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["GAIRAT (PGD)", "LRAT (CW)"]
+    bar_groups = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bar_groups) == 3 and all(c.errorbar is not None for c in bar_groups)  # interval bars on each
+    partial = gaps.copy()
+    partial.loc[0, "seen_gap"] = math.nan  # e.g. the seen attack was not evaluated
+    assert len(plots.gap_figure(partial, "at").axes[0].patches) == 5
+    pdf, png = plots.save(fig, tmp_path / "gap")
+    assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves(setting):
+    hist = plots.history_frame(setting)
+    fig = plots.curves_figure(hist)
+    nat, pgd = fig.axes
+    assert nat.get_ylabel() == "validation natural accuracy (%)" and pgd.get_ylabel() == "validation PGD-10 accuracy (%)"
+    assert nat.get_xlabel() == "epoch"
+    assert [line.get_label() for line in pgd.get_lines()] == ["AT (PGD)", "GAIRAT (PGD)", "LRAT (CW)"]
+    at = hist[hist.variant == "AT (PGD)"].groupby("epoch")["val_pgd"].mean()
+    x, y = pgd.get_lines()[0].get_data()
+    assert list(x) == [1, 2, 3] and np.allclose(y, 100 * at.to_numpy())
+    assert len(nat.collections) == 3  # a min-max band per variant (two seeds each)
+
+
+def test_weights_figure_share_and_histograms(setting):
+    hist = plots.history_frame(setting)
+    fig = plots.weights_figure(hist)
+    share, *panels = fig.axes
+    assert share.get_ylabel() == "instances with weight < 0.2 (%)"
+    assert [line.get_label() for line in share.get_lines()] == ["GAIRAT (PGD)", "LRAT (CW)"]  # AT has no weights
+    x, y = share.get_lines()[0].get_data()
+    g = hist[(hist.variant == "GAIRAT (PGD)") & hist["w_frac_below_0.2"].notna()].groupby("epoch")["w_frac_below_0.2"]
+    assert list(x) == [2, 3] and np.allclose(y, 100 * g.mean().to_numpy())  # burn-in epoch 1 has no weights
+    assert [ax.get_title() for ax in panels] == ["GAIRAT (PGD)", "LRAT (CW)"]
+    for ax in panels:
+        stairs = [p for p in ax.patches if isinstance(p, StepPatch)]
+        assert [s.get_label() for s in stairs] == ["epoch 2", "epoch 3"]
+        data = stairs[0].get_data()
+        values, edges = data.values, data.edges
+        assert len(values) == 21 and edges[0] == 0.0 and edges[-2] == 4.0  # 20 bins of 0.2, one overflow
+        assert values.sum() == pytest.approx(100.0)
+
+
+def test_no_weights_figure_without_reweighted_runs(tmp_path):
+    store = Store(tmp_path)
+    add_run(store, "at", "pgd", 0, {"natural": [True, False]})
+    chosen, pool = select(load_frame(tmp_path), Selection())
+    (s,) = build_settings(store, chosen, pool, Selection())
+    assert plots.weights_figure(plots.history_frame(s)) is None
