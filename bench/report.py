@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.names import UsageError, split_list, suggest
+from bench.report_stats import flag_matrix
 from bench.store import Store
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class Setting:
                 else "last-epoch checkpoint")
         threat = {"linf": "$\\ell_\\infty$" if tex else "L∞", "l2": "$\\ell_2$" if tex else "L2"}.get(
             self.threat_model, self.threat_model)
-        name = f"{self.dataset}, {self.model}" + (f", selected {self.filters}" if self.filters else "")
+        name = f"{self.dataset}, {self.model}" + (f" ({self.filters})" if self.filters else "")
         return f"{tex_escape(name) if tex else name}, {threat} {eps}, {ckpt}"
 
     def variant(self, label: str) -> Variant:
@@ -232,7 +233,7 @@ SETTING_COLUMNS = ["dataset", "model", "threat_model", "eval_eps", "n_eval"]
 def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFrame, sel: Selection) -> list[Setting]:
     settings = []
     filters = "; ".join(f"{kind} {', '.join(names)}" for kind, names in
-                        (("methods", sel.methods), ("training attacks", sel.train_attacks)) if names)
+                        (("selected methods", sel.methods), ("training attacks", sel.train_attacks)) if names)
     # Rows that record which test points they used (points_sha) pair only with rows on the very same points.
     keys = SETTING_COLUMNS + (["points_sha"] if "points_sha" in chosen else [])
     chosen, baseline_pool = (f.assign(points_sha=f["points_sha"].fillna("")) if "points_sha" in f else f
@@ -260,9 +261,9 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
                                     seen.get(v.run_ids[0], frozenset()), reference=not in_selection))
         run_ids = {r for v in kept for r in v.run_ids}
         used = run_rows[run_rows.run_id.isin(run_ids)]
-        flags = {(r, a): np.frombuffer(f.encode("ascii"), dtype=np.uint8) == ord("1")
-                 for r, a, f in zip(used.run_id, used.eval_attack, used["flags"])}
-        slug = "" if len(groups) == 1 else f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}" + (f"-{sha[:8]}" if sha else "")
+        flags = dict(zip(zip(used.run_id, used.eval_attack), flag_matrix(list(used["flags"]))))
+        slug = "" if len(groups) == 1 else (f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}"
+                                            + (f"-{sha[:8]}" if sha else ""))
         settings.append(Setting(dataset=dataset, model=model, threat_model=threat, eps=float(eps), n_points=int(n),
                                 checkpoint=sel.checkpoint, baseline=sel.baseline, variants=tuple(kept),
                                 attacks=tuple(attack_order(used.eval_attack.unique())), flags=flags,
@@ -272,8 +273,10 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
 
 
 def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
-    """Everything under `out`: results.csv, the tables (tex/csv/md), the figures (pdf/png), report.tex and
-    report.pdf (when pdflatex is installed), summary.md. Returns {name: path} of what was written."""
+    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags), the
+    tables of the selection (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is
+    installed), summary.md. Returns {name: path} of what was written. Bad selections raise UsageError
+    before anything is written."""
     from bench.report_document import write_outputs
 
     df = load_frame(results)

@@ -104,7 +104,8 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
                     base_name, sel_md)
         body_md += [f"Nothing to compare with the baseline {base_name} (absent, or the only method): no gap table.", ""]
     else:
-        emit("gap_table", tables.gap_table_latex(gaps, sel_tex, f"tab:gap{s}"), tables.gap_table_markdown(gaps, sel_md), gaps)
+        emit("gap_table", tables.gap_table_latex(gaps, sel_tex, f"tab:gap{s}"),
+             tables.gap_table_markdown(gaps, sel_md), gaps)
         emit("attack_gaps", tables.attack_gap_latex(per_attack, sel_tex, f"tab:attack-gaps{s}"),
              tables.attack_gap_markdown(per_attack, sel_md), per_attack)
         body_tex += [rf"\input{{gap_table{s}.tex}}", rf"\input{{attack_gaps{s}.tex}}"]
@@ -122,8 +123,8 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
     if not gaps.empty:
         figures.append(("fig_gap", plots.gap_figure(gaps, setting.baseline),
                         f"Gap to the baseline ({base_name}) on seen attacks, and on unseen attacks (mean and "
-                        f"per-example worst case), averaged over {seeds} per row; bars: 95\\% paired bootstrap intervals "
-                        f"over the {setting.n_points} test points. {sel_tex}."))
+                        f"per-example worst case), averaged over {seeds} per row; bars: 95\\% paired bootstrap "
+                        f"intervals over the {setting.n_points} test points. {sel_tex}."))
     if not hist.empty:
         figures.append(("fig_curves", plots.curves_figure(hist),
                         f"Training curves: natural and PGD-10 accuracy on the validation split after each epoch, "

@@ -63,6 +63,7 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
     attacked = cells.loc[cells["eval_attack"] != "natural", "mean"]
     scale = attacked if len(attacked) else cells["mean"]
     lo, hi = math.floor(scale.min()), math.ceil(scale.max())
+    hi = max(hi, lo + 1)  # a constant table (e.g. all 0%) still needs a non-empty range
     image = None
     for ax, method in zip(axes, methods):
         sub = cells[cells["method"] == method]
@@ -113,7 +114,8 @@ def history_frame(setting: Setting) -> pd.DataFrame:
     rows = []
     for v in setting.variants:
         for seed, run in zip(v.seeds, v.run_ids):
-            rows += [{"variant": v.label, "method": v.method, "seed": seed, **h} for h in setting.histories.get(run, [])]
+            rows += [{"variant": v.label, "method": v.method, "seed": seed, **h}
+                     for h in setting.histories.get(run, [])]
     return pd.DataFrame(rows)
 
 

@@ -7,9 +7,9 @@ seeds or attacks) or of a paired difference of such values, so one bootstrap ser
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,8 @@ from scipy import stats
 
 if TYPE_CHECKING:
     from bench.report import Setting, Variant
+
+Aggregate = Literal["all", "mean"]  # over a set of attacks: per-example worst case, or share survived
 
 NOT_AN_ATTACK = ("natural", "worst")  # columns that are neither seen nor unseen attacks
 
@@ -106,7 +108,8 @@ def significance(p: float) -> str:
 
 # ---- table-level statistics over a Setting (bench/report.py) ------------------------------------------------
 
-def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str], how: str = "all") -> tuple[list[int], np.ndarray]:
+def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str],
+               how: Aggregate = "all") -> tuple[list[int], np.ndarray]:
     """(seeds, per-run per-point values) of `variant` over `attacks`: 'all' = robust to every attack (the
     per-example worst case, AutoAttack's rule), 'mean' = share of the attacks it survives. Only runs that
     have every attack stored take part."""
@@ -147,7 +150,7 @@ def best_in_column(cells: pd.DataFrame) -> pd.Series:
     return shown == shown.groupby(cells["eval_attack"]).transform("max")
 
 
-def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], how: str) -> dict[str, float]:
+def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], how: Aggregate) -> dict[str, float]:
     """Accuracy of v, of the baseline, their gap with a paired bootstrap interval over test points, and
     (for binary outcomes) McNemar on seed-paired runs. Empty `attacks` gives NaNs."""
     nan = {"acc": math.nan, "acc_std": math.nan, "base": math.nan, "gap": math.nan, "gap_low": math.nan,
@@ -176,7 +179,7 @@ def common_attacks(setting: Setting, *variants: Variant) -> list[str]:
     return [a for a in setting.attacks if all((r, a) in setting.flags for r in runs)]
 
 
-def gap_stats(setting: Setting, baseline_of) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gap_stats(setting: Setting, baseline_of: Callable[[Variant], Variant | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(gap table, per-attack comparisons) of every variant against its baseline (`baseline_of(v)`).
 
     Gap table: seen = the eval attacks simulated in training, scored per example as the worst case over

@@ -20,7 +20,8 @@ from bench.report_stats import best_in_column, significance
 SEEN_NOTE_TEX = r"$^\dagger$: the evaluation attack was simulated in training (seen)."
 SEEN_NOTE_MD = "†: the evaluation attack was simulated in training (seen)."
 STARS_TEX = r"exact McNemar test against the baseline on the same test points: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
-STARS_MD = r"exact McNemar test against the baseline on the same test points: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
+STARS_MD = (r"exact McNemar test against the baseline on the same test points: \* p < 0.05, \*\* p < 0.01, "
+            r"\*\*\* p < 0.001")
 
 
 def finite(x) -> bool:
@@ -54,7 +55,8 @@ class Grid:
         return "\n".join(lines) + "\n"
 
     def markdown(self, caption: str) -> str:
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(self.header) - 1)) + "|"]
+        lines = ["| " + " | ".join(self.header) + " |",
+                 "|" + "|".join([":--"] + ["--:"] * (len(self.header) - 1)) + "|"]
         for row, sub in zip(self.rows, self.sub_rows):
             cells = row if sub is None else [c + (f" <sub>{s}</sub>" if s else "") for c, s in zip(row, sub)]
             lines.append("| " + " | ".join(cells) + " |")

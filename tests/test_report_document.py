@@ -58,7 +58,7 @@ def test_captions_state_the_selection(store_root, tmp_path):
     sel = parse_selection(methods="gairat", train_attacks="pgd", checkpoint="best")
     write_report(store_root, tmp_path, sel)
     table = (tmp_path / "table.tex").read_text()
-    assert "synthetic, small-cnn, selected methods gairat; training attacks pgd" in table
+    assert "synthetic, small-cnn (selected methods gairat; training attacks pgd), $\\ell_\\infty$" in table
     assert "best checkpoint" in table and "2 seeds per row" in table
     assert "80 test points" in table
     assert "AT (PGD): the baseline for the gaps, shown although outside the selection" in table

@@ -49,6 +49,14 @@ def test_heatmap_one_panel_per_method_with_every_cell(tables):
     assert any(ax.get_ylabel() == "accuracy (%)" for ax in fig.axes)  # the shared colour bar
 
 
+def test_heatmap_colour_scale_is_shared_and_never_empty(tables):
+    cells, _ = tables
+    flat = cells.assign(mean=cells["mean"].where(cells["eval_attack"] == "natural", 0.0))  # every attack at 0%
+    fig = plots.heatmap_figure(flat)
+    limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert limits == {(0.0, 1.0)}  # one scale for every panel; natural (~80%) saturates it
+
+
 def test_gap_bars_with_intervals_and_missing_values(tables, tmp_path):
     _, gaps = tables
     fig = plots.gap_figure(gaps, "at")
