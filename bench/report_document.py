@@ -151,8 +151,11 @@ def compile_pdf(tex: Path) -> Path | None:
     if exe is None:
         log.warning("pdflatex is not installed: wrote %s without compiling it", tex)
         return None
-    proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", tex.name],
-                          cwd=tex.parent, capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", tex.name],
+                              cwd=tex.parent, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ReportError(f"pdflatex did not finish {tex} within 300 s") from None
     if proc.returncode != 0:
         raise ReportError(f"pdflatex failed on {tex} (log: {tex.with_suffix('.log')}):\n{proc.stdout[-2000:]}")
     for ext in (".aux", ".log", ".out"):

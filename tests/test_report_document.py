@@ -95,3 +95,13 @@ def test_two_settings_get_separate_files(tmp_path):
     tables = sorted(n for n in written if n.startswith("table") and n.endswith(".tex"))
     assert tables == ["table-synthetic-resnet18-linf-eps0.03137-n2.tex", "table-synthetic-small-cnn-linf-eps0.03137-n2.tex"]
     assert json.dumps(sorted(written)).count("fig_heatmap") == 4  # pdf + png per setting
+
+
+@pytest.mark.skipif(not HAS_PDFLATEX, reason="pdflatex is not installed (CI installs it)")
+def test_a_document_that_does_not_compile_is_an_error_with_the_log(tmp_path):
+    from bench.report_document import ReportError, compile_pdf
+
+    tex = tmp_path / "broken.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
+    with pytest.raises(ReportError, match="Undefined control sequence"):
+        compile_pdf(tex)
