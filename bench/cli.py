@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
-from pathlib import Path
 
 import click
 
-from bench.names import UsageError, split_list
+from bench.names import UsageError
 
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
@@ -41,57 +39,38 @@ def main(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
-def _check_writable(path: str) -> None:
-    p = Path(path)
-    probe = p if p.exists() else next((q for q in p.parents if q.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise UsageError(f"Results directory '{path}' is not writable.")
+def _given(ctx: click.Context) -> set[str]:
+    """The parameters the user actually typed (or set through the environment): these override the file."""
+    from click.core import ParameterSource
 
-
-def _parse_methods(names: str, params: tuple[str, ...]):
-    """['gairat.lam=0', ...] -> [(canonical name, full params dict), ...] in the order given."""
-    import dataclasses
-
-    from methods import METHODS, canonical_method
-
-    overrides: dict[str, dict[str, str]] = {}
-    for item in params:
-        key, sep, value = item.partition("=")
-        method, dot, param = key.partition(".")
-        if not sep or not dot:
-            raise UsageError(f"--method-param takes METHOD.NAME=VALUE (e.g. gairat.lam=0), got '{item}'.")
-        overrides.setdefault(canonical_method(method), {})[param.strip()] = value.strip()
-    chosen = [canonical_method(m) for m in split_list(names)]
-    if not chosen:
-        raise UsageError("--methods is empty.")
-    for m in overrides:
-        if m not in chosen:
-            raise UsageError(f"--method-param names method '{m}', which is not in --methods.")
-    out = []
-    for m in dict.fromkeys(chosen):
-        method = METHODS[m].make(overrides.get(m))
-        out.append((m, dataclasses.asdict(method.params)))
-    return out
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
 @main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A matrix file (TOML, see experiments/smoke.toml); flags you give override it.")
 @click.option("--methods", default="at", show_default=True, help="Comma-separated methods (see `bench ls`).")
 @click.option("--train-attack", "train_attack", default="pgd", show_default=True,
               help="Comma-separated training attacks, one cell each; '+' combines attacks in one LRAT run (saa+cw).")
 @click.option("--method-param", "method_params", multiple=True, metavar="METHOD.NAME=VALUE",
               help="Override a method parameter, e.g. gairat.lam=0 (repeatable).")
-@click.option("--dataset", default="fashion-mnist", show_default=True)
-@click.option("--model", default=None, help="Default: small-cnn for 28x28 data, resnet18 for 32x32.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, help="Comma-separated datasets, one cell each.")
+@click.option("--model", default=None, help="Comma-separated models, one cell each. Default: small-cnn for 28x28 "
+              "data, resnet18 for 32x32.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--weight-decay", type=float, default=2e-4, show_default=True)
-@click.option("--eps", default=None, help="L-inf budget in pixel units: 8/255 or 0.0314. Default: 0.1 for "
+@click.option("--eps", default=None, help="L-inf training budget in pixel units: 8/255 or 0.0314. Default: 0.1 for "
               "(fashion-)mnist, 8/255 otherwise.")
 @click.option("--attack-steps", type=int, default=10, show_default=True, help="K of the pgd/cw training attacks.")
 @click.option("--step-size", default=None, help="Training attack step; default eps/4.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, one cell each.")
 @click.option("--eval-attacks", default="natural,pgd20,cw20,aa", show_default=True)
+@click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
+              help="Threat model of the evaluation attacks.")
+@click.option("--eval-eps", default=None, help="Evaluation budget. Default: the training eps (linf).")
 @click.option("--train-subset", type=int, default=None, help="Class-balanced training subset size.")
 @click.option("--val-size", type=int, default=512, show_default=True, help="Validation split carved from training.")
 @click.option("--test-subset", type=int, default=None, help="Test points to evaluate (class-balanced; first N on CIFAR).")
@@ -100,59 +79,63 @@ def _parse_methods(names: str, params: tuple[str, ...]):
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Redo cells that are already finished.")
+@click.option("--dry-run", is_flag=True, help="Print the cells, their state and the work left; run nothing.")
+@click.option("--grad-steps-per-s", type=float, default=None, help="Measured throughput of one worker in "
+              "example-gradient steps/s (PGD-10 AT at R images/s = 11 R): --dry-run then estimates hours.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another here; ray: each cell a Ray task (pip install 'lrat-bench[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto); default: a local instance.")
+@click.option("--gpus-per-cell", type=float, default=None, help="Ray: GPUs per cell (0.5 shares a GPU). "
+              "Default: 1 if the cluster has GPUs, else 0.")
+@click.option("--cpus-per-cell", type=float, default=None, help="Ray: CPUs per cell. Default: 1.")
+@click.option("--max-retries", type=int, default=3, show_default=True,
+              help="Ray: retries of a cell whose worker died (pre-emption); it resumes from its checkpoint.")
 @usage_errors
-def run(methods, train_attack, method_params, dataset, model, epochs, batch_size, lr, weight_decay, eps,
-        attack_steps, step_size, seeds, eval_attacks, train_subset, val_size, test_subset, eval_batch_size,
-        results, data_dir, device, force):
-    """Train and evaluate every cell of methods x training attacks x seeds; finished cells are skipped.
+def run(config, results, data_dir, device, force, dry_run, grad_steps_per_s, executor, ray_address, gpus_per_cell,
+        cpus_per_cell, max_retries, **matrix_flags):
+    """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
+    are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written).
 
     \b
     Example:
       bench run --methods at,irat,lrat --train-attack pgd,cw --epochs 10 --train-subset 4096 --test-subset 500
+      bench run --config experiments/smoke.toml --dry-run
+      bench run --config experiments/smoke.toml --seeds 0,1,2 --executor ray --gpus-per-cell 0.5
     """
-    from bench.config import EvalConfig, TrainConfig, parse_eps
-    from bench.data import DATASETS
-    from bench.eval_attacks import EVAL_ATTACKS
-    from bench.models import MODELS
-    from bench.names import lookup
-    from bench.train_attacks import TRAIN_ATTACKS, parse_train_attack
+    from bench import matrix
 
-    info = lookup("dataset", dataset, DATASETS)
-    model = model or ("small-cnn" if info.image_size == 28 else "resnet18")
-    lookup("model", model, MODELS)
-    eps_value = parse_eps(eps) if eps is not None else (0.1 if info.image_size == 28 else 8 / 255)
-    step = parse_eps(step_size) if step_size is not None else eps_value / 4
-    method_list = _parse_methods(methods, method_params)
-    attacks = [parse_train_attack(a) for a in split_list(train_attack)]
-    from methods import METHODS
-    for m, _ in method_list:
-        for a in attacks:
-            METHODS[m].make().check_attacks(tuple(a.split("+")), {k: v.has_kappa for k, v in TRAIN_ATTACKS.items()})
-    suite = tuple(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower() for a in split_list(eval_attacks))
-    try:
-        seed_list = [int(s) for s in split_list(seeds)]
-    except ValueError:
-        raise UsageError(f"--seeds takes comma-separated integers, got '{seeds}'.") from None
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("val-size", val_size)):
-        if value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {value}.")
-    _check_writable(results)
-
-    base = TrainConfig(method="at", train_attack="pgd", dataset=info.name, model=model, eps=eps_value,
-                       attack_steps=attack_steps, attack_step_size=step, train_subset=train_subset,
-                       val_size=val_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                       augment=info.augment)
-    ecfg = EvalConfig(attacks=suite, test_subset=test_subset, batch_size=eval_batch_size)
-
-    from bench.data import load_data
+    given = _given(click.get_current_context())
+    file_values = matrix.load_matrix_file(config) if config else {}
+    cells = matrix.resolve(matrix.merge(matrix.defaults_of(run), file_values,
+                                        {k: v for k, v in matrix_flags.items() if k in given}))
+    if executor == "local" and {"ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries"} & given:
+        raise UsageError("--ray-address, --gpus-per-cell, --cpus-per-cell and --max-retries need --executor ray.")
+    for name, value in (("gpus-per-cell", gpus_per_cell), ("cpus-per-cell", cpus_per_cell), ("max-retries", max_retries)):
+        if value is not None and value < 0:
+            raise UsageError(f"--{name} must be >= 0, got {value}.")
+    if not dry_run:
+        matrix.check_results_dir(results)
+    if executor == "ray":
+        from bench.executors import import_ray
+        import_ray()
     from bench.provenance import resolve_device
-    from bench.runner import Runner, expand
+
+    dev = resolve_device(device) if executor == "local" else None
+    data = matrix.load_matrix_data(cells, data_dir)
     from bench.store import Store
 
-    dev = resolve_device(device)
-    load_data(info.name, val_size=val_size, train_subset=train_subset, test_subset=test_subset, data_dir=data_dir)
-    cells = expand(base, method_list, attacks, seed_list, ecfg)
-    outcomes = Runner(Store(results), dev, data_dir).run(cells, force=force)
+    store = Store(results)
+    if dry_run:
+        _print_plan(store, cells, data, grad_steps_per_s)
+        return
+    from bench.executors import LocalExecutor, RayExecutor
+
+    if executor == "ray":
+        ex = RayExecutor(store, device, data_dir, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
+                         gpus_per_cell, max_retries)
+    else:
+        ex = LocalExecutor(store, dev, data_dir, data)
+    outcomes = ex.run(cells, force=force)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
     click.echo(f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
                f"{counts['failed']} failed, {counts['busy']} running elsewhere. Results in {results}/", err=True)
@@ -160,6 +143,24 @@ def run(methods, train_attack, method_params, dataset, model, epochs, batch_size
         if o.status == "failed":
             click.echo(f"  FAILED {o.cell.label}: {o.reason}", err=True)
     sys.exit(1 if counts["failed"] else 0)
+
+
+def _print_plan(store, cells, data, grad_steps_per_s) -> None:
+    """`bench run --dry-run`: each cell's state and training work left, then the totals."""
+    from bench.matrix import data_key, grad_steps, hours
+    from bench.status import cell_status, counts, format_table
+
+    rows = [cell_status(store, c.train.run_id, c) for c in cells]
+    work = [0 if s.state in ("finished", "running") else grad_steps(c, len(data[data_key(c)].train), s.epochs_done)
+            for c, s in zip(cells, rows)]
+    for line in format_table(rows, {"work": [f"{w:>14,} steps" for w in work]}):
+        click.echo(line)
+    total = sum(work)
+    h = hours(total, grad_steps_per_s)
+    click.echo(f"{len(cells)} cells: {counts(rows)}. Work left: {total:,} example-gradient steps "
+               f"(epochs left x train size x (attack steps + 1)); "
+               + (f"about {h:.3g} worker-hours at {grad_steps_per_s:g} steps/s." if h is not None
+                  else "give --grad-steps-per-s (from `bench speed`) for hours."))
 
 
 @main.command()
@@ -228,3 +229,6 @@ def list_components():
 from bench.cli_speed import speed  # noqa: E402  (commands in their own modules register here)
 
 main.add_command(speed, name="speed")
+from bench.status import status  # noqa: E402
+
+main.add_command(status, name="status")

@@ -3,7 +3,6 @@ log line per epoch, per eval attack and per cell always (so CI logs and nohup fi
 from __future__ import annotations
 
 import logging
-import time
 
 from tqdm import tqdm
 
@@ -42,17 +41,53 @@ class CellProgress:
             self.bar.close()
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 class MatrixProgress:
-    def __init__(self, total: int):
-        self.total, self.done, self.failed, self.t0 = total, 0, 0, time.perf_counter()
+    """The whole matrix: cells finished / running / left and an ETA, one log line per started and finished
+    cell, plus a bar above the per-cell bar on a terminal. ETA = mean wall time of the cells that actually
+    ran (skipped and busy cells take none) x cells not yet finished / parallel workers; unknown until one ran."""
 
-    def start(self, index: int, label: str) -> None:
-        log.info("cell %d/%d: %s", index + 1, self.total, label)
+    def __init__(self, total: int, workers: int = 1):
+        self.total, self.workers = total, max(workers, 1)
+        self.finished, self.running = 0, 0
+        self.counts: dict[str, int] = {"done": 0, "skipped": 0, "failed": 0, "busy": 0}
+        self.durations: list[float] = []
+        self.bar = tqdm(total=total, desc="matrix", unit="cell", position=0, leave=False, disable=None,
+                        dynamic_ncols=True)
 
-    def finish(self, status: str, seconds: float) -> None:
-        self.done += 1
-        self.failed += status == "failed"
-        left = self.total - self.done
-        rate = (time.perf_counter() - self.t0) / self.done
-        log.info("cells: %d done (%d failed), %d left, ETA %.0fs (this cell %s in %.1fs)",
-                 self.done, self.failed, left, rate * left, status, seconds)
+    def eta(self) -> float | None:
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) * (self.total - self.finished) / self.workers
+
+    def summary(self) -> str:
+        eta = self.eta()
+        active = min(self.running, self.workers)  # the rest of what was handed out waits in a queue (Ray)
+        left = self.total - self.finished - active
+        return (f"cells: {self.finished}/{self.total} processed ({self.counts['done']} run, {self.counts['skipped']} "
+                f"already done, {self.counts['failed']} failed, {self.counts['busy']} busy elsewhere), "
+                f"{active} running, {left} left, ETA {'?' if eta is None else _duration(eta)}")
+
+    def start(self, label: str, verb: str = "started") -> None:
+        self.running += 1
+        log.info("cell %d/%d %s: %s", self.finished + self.running, self.total, verb, label)
+
+    def finish(self, label: str, status: str, seconds: float) -> None:
+        self.running -= 1
+        self.finished += 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status in ("done", "failed"):
+            self.durations.append(seconds)
+        self.bar.update(1)
+        eta = self.eta()
+        self.bar.set_postfix_str(f"{min(self.running, self.workers)} running, ETA {'?' if eta is None else _duration(eta)}")
+        msg = f"{label}: {status} in {_duration(seconds)}; {self.summary()}"
+        (self.bar.write(msg) if not self.bar.disable else log.info(msg))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,42 +1,43 @@
-"""Expand the matrix into cells and run each one: lock, train (or resume), evaluate, mark DONE.
+"""Run one cell, start to finish, safely next to other processes: lock, train (or resume), evaluate, mark DONE.
 
-A cell that raises (or whose loss goes NaN/inf) is recorded as FAILED with its traceback and never yields
-result rows; the other cells go on. A cell locked by another process is left to it.
+- One process per cell: a filelock (flock) at <results>/locks/<run_id>.lock. The lock dies with its process,
+  so a crashed or killed run leaves no stale lock. A cell whose lock stays held is "busy" and left to its owner.
+- Resume: training from the last finished epoch (train_state.pt), evaluation per stored (checkpoint, attack).
+- A cell that raises (or whose loss goes NaN/inf) is recorded as FAILED with reason and traceback, never
+  yields result rows; the other cells go on.
+- Every time a process works on a cell it appends to <run_dir>/attempts.json (pid, host, phase, start epoch):
+  the record of who trained what, read by `bench status` and by the tests that prove nothing ran twice.
 """
 from __future__ import annotations
 
-import itertools
+import datetime as dt
 import logging
+import os
 import shutil
+import socket
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from filelock import FileLock, Timeout
 
-from bench.config import EvalConfig, TrainConfig
 from bench.data import DataBundle, load_data
 from bench.evaluate import evaluate_run
+from bench.matrix import Cell, data_key, expand  # noqa: F401  (Cell and expand are part of this module's API)
 from bench.progress import CellProgress, MatrixProgress
 from bench.provenance import provenance
-from bench.store import DONE, FAILED, TRAINED, Store, eval_group, write_json
+from bench.status import ATTEMPTS, is_complete  # noqa: F401
+from bench.store import DONE, FAILED, TRAINED, Store, read_json, write_json
 from bench.train import train_run
 
 log = logging.getLogger(__name__)
 Status = Literal["done", "skipped", "failed", "busy"]
-
-
-@dataclass(frozen=True)
-class Cell:
-    train: TrainConfig
-    eval: EvalConfig
-
-    @property
-    def label(self) -> str:
-        t = self.train
-        return f"{t.method}/{t.train_attack} seed {t.seed} [{t.run_id}]"
+# How long to wait for a cell's lock before calling it busy: long enough that `bench status` probing the
+# lock never makes a runner skip the cell, short enough that a cell owned by another process costs nothing.
+LOCK_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,43 +48,42 @@ class CellOutcome:
     reason: str = ""
 
 
-def expand(base: TrainConfig, methods: list[tuple[str, dict]], train_attacks: list[str],
-           seeds: list[int], eval_cfg: EvalConfig) -> list[Cell]:
-    """One cell per (method, train attack, seed). `methods` holds (canonical name, resolved params)."""
-    return [Cell(replace(base, method=m, method_params=p, train_attack=a, seed=s), eval_cfg)
-            for (m, p), a, s in itertools.product(methods, train_attacks, seeds)]
+def clean_temp_files(run_dir: Path) -> int:
+    """Remove the temporary files of writers killed mid-write (atomic_path's .<name>.<random>.tmp). Only
+    called while holding the cell's lock, when no writer can be alive in this directory."""
+    stale = list(run_dir.rglob(".*.tmp")) if run_dir.exists() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
-def is_complete(store: Store, cell: Cell) -> bool:
-    run_id = cell.train.run_id
-    if not store.has(run_id, DONE):
-        return False
-    eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
-    n = cell.eval.test_subset  # None: the whole test set, size unknown until loaded
-    if n is None:
-        return True
-    return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n), a).exists()
-               for c in cell.eval.checkpoints for a in cell.eval.attacks)
+def record_attempt(run_dir: Path, phase: str, from_epoch: int) -> None:
+    path = run_dir / ATTEMPTS
+    attempts = read_json(path) if path.exists() else []
+    attempts.append({"pid": os.getpid(), "host": socket.gethostname(), "phase": phase, "from_epoch": from_epoch,
+                     "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    write_json(path, attempts)
 
 
 class Runner:
-    def __init__(self, store: Store, device: torch.device, data_dir: str | None = None):
+    def __init__(self, store: Store, device: torch.device, data_dir: str | None = None,
+                 data: dict[tuple, DataBundle] | None = None):
         self.store, self.device, self.data_dir = store, device, data_dir
-        self._data: dict[tuple, DataBundle] = {}
+        self._data: dict[tuple, DataBundle] = dict(data or {})  # preloaded by the CLI's presence check
 
     def data_for(self, cell: Cell) -> DataBundle:
-        t = cell.train
-        key = (t.dataset, t.val_size, t.train_subset, cell.eval.test_subset)
+        key = data_key(cell)
         if key not in self._data:
-            self._data[key] = load_data(t.dataset, val_size=t.val_size, train_subset=t.train_subset,
-                                        test_subset=cell.eval.test_subset, data_dir=self.data_dir)
+            name, val_size, train_subset, test_subset = key
+            self._data[key] = load_data(name, val_size=val_size, train_subset=train_subset,
+                                        test_subset=test_subset, data_dir=self.data_dir)
         return self._data[key]
 
     def run_cell(self, cell: Cell, force: bool = False) -> CellOutcome:
         run_id, t0 = cell.train.run_id, time.perf_counter()
         lock = FileLock(self.store.lock_path(run_id))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=LOCK_WAIT_S)
         except Timeout:
             return CellOutcome(cell, "busy", 0.0, "another process holds this cell's lock")
         try:
@@ -92,15 +92,19 @@ class Runner:
             run_dir = self.store.run_dir(run_id)
             if force and run_dir.exists():
                 shutil.rmtree(run_dir)
+            if clean_temp_files(run_dir):
+                log.info("%s: removed temporary files of an interrupted write", cell.label)
             self.store.clear(run_id, FAILED)
             self.store.clear(run_id, DONE)
+            trained = self.store.has(run_id, TRAINED)
+            record_attempt(run_dir, "evaluate" if trained else "train", len(self.store.history(run_id)))
             if not (run_dir / "config.json").exists():
                 write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(),
                                                      "provenance": provenance(self.device)})
             data = self.data_for(cell)
             progress = CellProgress(cell.label, cell.train.epochs)
             try:
-                if not self.store.has(run_id, TRAINED):
+                if not trained:
                     train_run(cell.train, data, run_dir, self.device, progress.callbacks())
                     self.store.mark(run_id, TRAINED, {"seconds": time.perf_counter() - t0})
                 evaluate_run(self.store, run_id, cell.eval, data.test, self.device, progress.on_attack)
@@ -116,12 +120,14 @@ class Runner:
         finally:
             lock.release()
 
-    def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
-        progress = MatrixProgress(len(cells))
+    def run(self, cells: list[Cell], force: bool = False, progress: MatrixProgress | None = None) -> list[CellOutcome]:
+        """The cells one after another in this process (the local executor)."""
+        progress = progress or MatrixProgress(len(cells))
         outcomes = []
-        for i, cell in enumerate(cells):
-            progress.start(i, cell.label)
+        for cell in cells:
+            progress.start(cell.label)
             outcome = self.run_cell(cell, force)
-            progress.finish(outcome.status, outcome.seconds)
+            progress.finish(cell.label, outcome.status, outcome.seconds)
             outcomes.append(outcome)
+        progress.close()
         return outcomes

@@ -1,0 +1,121 @@
+"""Executors: who runs the cells. Both write the same store layout, through the same `Runner.run_cell`.
+
+- `local` (default): the cells one after another in this process.
+- `ray`: each cell a Ray task with `cpus_per_cell` CPUs and `gpus_per_cell` GPUs (fractions share a GPU), so a
+  Ray cluster (a laptop, a multi-node cluster, one started on SLURM nodes) runs many cells at once. A task
+  whose worker dies (pre-emption, OOM, node loss) is retried by Ray up to `max_retries` times and resumes
+  from the cell's checkpoint; the dead worker's flock lock died with it. Workers write straight into the
+  results directory, which must therefore be a path every node sees (a shared filesystem).
+
+Multi-node: start Ray on each node (`ray start --head` on one, `ray start --address HEAD:6379` on the
+others, each in an environment with lrat-bench installed at the same commit and the data under the same
+path), then on the head: `bench run --config experiments/NAME.toml --executor ray --ray-address auto
+--gpus-per-cell 1 --results /shared/results`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.matrix import Cell
+from bench.names import UsageError
+from bench.progress import MatrixProgress
+from bench.runner import CellOutcome, Runner
+from bench.store import FAILED, Store, write_json
+
+log = logging.getLogger(__name__)
+ExecutorName = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    store: Store
+    device: Any  # torch.device
+    data_dir: str | None = None
+    data: dict | None = None  # bundles already loaded by the presence check
+    workers: int = 1
+
+    def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
+        runner = Runner(self.store, self.device, self.data_dir, self.data)
+        return runner.run(cells, force, MatrixProgress(len(cells), self.workers))
+
+
+def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool) -> CellOutcome:
+    """The body of one Ray task: a fresh Runner in the worker process, on the shared store."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from bench.provenance import resolve_device
+
+    return Runner(Store(results), resolve_device(device), data_dir).run_cell(cell, force)
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    store: Store
+    device: str = "auto"  # resolved on each worker: the driver may have no GPU
+    data_dir: str | None = None
+    address: str | None = None  # None: a local Ray instance (or $RAY_ADDRESS)
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float | None = None  # None: 1 when the cluster has GPUs and device is not cpu, else 0
+    max_retries: int = 3
+    init_kwargs: dict | None = None  # extra ray.init arguments (tests: num_cpus=2)
+
+    def _gpus(self, ray) -> float:
+        if self.gpus_per_cell is not None:
+            return self.gpus_per_cell
+        return 1.0 if self.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+    def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, **(self.init_kwargs or {}))
+        try:
+            gpus = self._gpus(ray)
+            if self.device == "cuda" and gpus == 0:
+                raise UsageError("--device cuda with --gpus-per-cell 0: the workers would see no GPU.")
+            cpus = ray.cluster_resources().get("CPU", 1)
+            workers = max(1, int(cpus // self.cpus_per_cell)) if self.cpus_per_cell else 1
+            if gpus:
+                workers = min(workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
+            log.info("ray: %s, %g CPU and %g GPU per cell, up to %d cells at once, %d retries",
+                     self.address or "local instance", self.cpus_per_cell, gpus, workers, self.max_retries)
+            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries)(_run_cell_task)
+            results = str(Path(self.store.root).absolute())
+            data_dir = str(Path(self.data_dir).absolute()) if self.data_dir else None
+            progress = MatrixProgress(len(cells), workers)
+            pending = {}
+            for cell in cells:
+                pending[task.remote(cell, results, self.device, data_dir, force)] = cell
+                progress.start(cell.label, "submitted")
+            outcomes: dict[str, CellOutcome] = {}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ready[0])
+                outcome = self._collect(ray, ready[0], cell)
+                progress.finish(cell.label, outcome.status, outcome.seconds)
+                outcomes[cell.train.run_id] = outcome
+            progress.close()
+            return [outcomes[c.train.run_id] for c in cells]
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _collect(self, ray, ref, cell: Cell) -> CellOutcome:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:  # retries exhausted: the worker died every time
+            reason = f"Ray task lost after {self.max_retries} retries: {type(exc).__name__}: {exc}"
+            log.error("cell %s failed: %s", cell.label, reason)
+            write_json(self.store.run_dir(cell.train.run_id) / FAILED, {"reason": reason, "traceback": str(exc)})
+            return CellOutcome(cell, "failed", 0.0, reason)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'lrat-bench[ray]' (or pip install 'ray[default]').") \
+            from None
+    return ray

@@ -1,0 +1,162 @@
+"""Where every cell stands: finished, running (its lock is held), failed (with the reason) or pending.
+
+Read from the store and the lock files only; torch is never imported, so `bench status` is instant. A lock is
+probed by trying it without waiting: flock locks die with their process, so a crashed run never looks
+"running". The runner waits a moment for a lock before calling a cell busy, so a probe never makes it skip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import click
+from filelock import FileLock, Timeout
+
+from bench.store import DONE, FAILED, TRAINED, Store, eval_group, read_json
+
+if TYPE_CHECKING:
+    from bench.matrix import Cell
+
+State = Literal["finished", "running", "failed", "pending"]
+STATES: tuple[State, ...] = ("finished", "running", "failed", "pending")
+ATTEMPTS = "attempts.json"  # one entry per time a process took the cell's lock to work on it
+
+
+def lock_held(store: Store, run_id: str) -> bool:
+    path = store.lock_path(run_id)
+    if not path.exists():  # never create a lock file just to look
+        return False
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def is_complete(store: Store, cell: Cell) -> bool:
+    """DONE written and every (checkpoint, attack) of the cell's eval suite stored."""
+    run_id = cell.train.run_id
+    if not store.has(run_id, DONE):
+        return False
+    eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
+    n = cell.eval.test_subset  # None: the whole test set, size unknown until loaded
+    if n is None:
+        return True
+    return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n), a).exists()
+               for c in cell.eval.checkpoints for a in cell.eval.attacks)
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    run_id: str
+    state: State
+    label: str
+    detail: str = ""
+    epochs_done: int = 0
+    attempts: int = 0
+
+
+def _label(store: Store, run_id: str) -> str:
+    try:
+        t = store.config(run_id)["train"]
+    except (OSError, ValueError, KeyError):
+        return f"? [{run_id}]"
+    return f"{t['method']}/{t['train_attack']} {t['dataset']}/{t['model']} seed {t['seed']} [{run_id}]"
+
+
+def _read_list(path: Path) -> list:
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+def cell_status(store: Store, run_id: str, cell: Cell | None = None) -> CellStatus:
+    """The state of one cell; with `cell` given, DONE counts as finished only if its whole suite is stored."""
+    run_dir = store.run_dir(run_id)
+    label = cell.label if cell is not None else _label(store, run_id)
+    epochs = cell.train.epochs if cell is not None else None
+    history = _read_list(run_dir / "history.json")
+    attempts = len(_read_list(run_dir / ATTEMPTS))
+    done = len(history)
+    progress = f"epoch {done}/{epochs or '?'}" if not store.has(run_id, TRAINED) else "trained"
+
+    def status(state: State, detail: str) -> CellStatus:
+        return CellStatus(run_id, state, label, detail, done, attempts)
+
+    if lock_held(store, run_id):
+        return status("running", f"lock held; {progress}")
+    if store.has(run_id, DONE) and (cell is None or is_complete(store, cell)):
+        return status("finished", "")
+    if store.has(run_id, FAILED):
+        try:
+            reason = read_json(run_dir / FAILED).get("reason", "?")
+        except (OSError, ValueError):
+            reason = "FAILED marker unreadable"
+        return status("failed", reason)
+    if store.has(run_id, DONE):
+        return status("pending", "evaluation of new attacks missing")
+    if not run_dir.exists():
+        return status("pending", "not started")
+    return status("pending", f"interrupted ({progress}, evaluation incomplete)" if progress == "trained"
+                  else f"interrupted ({progress})")
+
+
+def statuses(store: Store, cells: list[Cell] | None = None) -> list[CellStatus]:
+    """The matrix's cells in order (when given), then every other run in the store."""
+    listed = [cell_status(store, c.train.run_id, c) for c in cells or []]
+    seen = {s.run_id for s in listed}
+    return listed + [cell_status(store, r) for r in store.run_ids() if r not in seen]
+
+
+def format_table(rows: list[CellStatus], extra: dict[str, list[str]] | None = None) -> list[str]:
+    """Plain-text lines, one per cell: state, label, then any extra columns, then the detail."""
+    extra = extra or {}
+    out = []
+    for i, s in enumerate(rows):
+        cols = [f"{s.state:<9}", s.label] + [values[i] for values in extra.values()]
+        out.append("  ".join(cols) + (f"  {s.detail}" if s.detail else ""))
+    return out
+
+
+def counts(rows: list[CellStatus]) -> str:
+    return ", ".join(f"{sum(r.state == st for r in rows)} {st}" for st in STATES)
+
+
+@click.command()
+@click.option("--results", default="results", show_default=True, help="Results store directory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A matrix file: also list its cells that have not started (as pending).")
+@click.option("--state", "only", type=click.Choice(STATES), default=None, help="Show only cells in this state.")
+def status(results: str, config: str | None, only: str | None) -> None:
+    """List the cells in a results store as finished / running (lock held) / failed / pending, with reasons.
+
+    \b
+    Example:
+      bench status --results results
+      bench status --results results --config experiments/smoke.toml --state pending
+    """
+    from bench.cli import usage_errors
+
+    usage_errors(_status)(results, config, only)
+
+
+def _status(results: str, config: str | None, only: str | None) -> None:
+    cells = None
+    if config is not None:
+        from bench.cli import run as run_command
+        from bench.matrix import defaults_of, load_matrix_file, merge, resolve
+
+        cells = resolve(merge(defaults_of(run_command), load_matrix_file(config), {}))
+    store = Store(results)
+    rows = statuses(store, cells)
+    if not rows:
+        click.echo(f"No runs in {results}/ yet.")
+        return
+    for line in format_table([r for r in rows if only is None or r.state == only]):
+        click.echo(line)
+    click.echo(f"{len(rows)} cells: {counts(rows)}")

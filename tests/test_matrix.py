@@ -1,0 +1,173 @@
+"""Matrix files: parsed into `bench run`'s parameters, refused with file:line and a suggestion when malformed,
+overridden by the flags the user typed (even a flag equal to its default), expanded over datasets x models x
+methods x attacks x seeds; and the work estimate of --dry-run, checked against hand-computed numbers."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.cli import run as run_command
+from bench.matrix import defaults_of, grad_steps, hours, load_matrix_file, merge, resolve
+from bench.names import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    return path
+
+
+def work_of(line: str) -> int:
+    return int(re.search(r"([\d,]+) steps", line).group(1).replace(",", ""))
+
+
+def cells_of(file_values: dict, **flags):
+    return resolve(merge(defaults_of(run_command), file_values, flags))
+
+
+def test_a_matrix_file_sets_every_kind_of_key(tmp_path):
+    path = write(tmp_path, """
+[matrix]
+methods = ["at", "irat"]
+train_attacks = ["pgd", "cw"]
+datasets = ["synthetic"]
+models = ["small-cnn"]
+seeds = [3, 4]
+[train]
+epochs = 3
+eps = "8/255"
+lr = 0.05
+train_subset = 64
+[eval]
+attacks = ["natural", "pgd20"]
+test_subset = 32
+[method_params.gairat]
+lam = 0
+""")
+    values = load_matrix_file(path)
+    assert values == {"methods": ["at", "irat"], "train_attack": ["pgd", "cw"], "dataset": ["synthetic"],
+                      "model": ["small-cnn"], "seeds": [3, 4], "epochs": 3, "eps": "8/255", "lr": 0.05,
+                      "train_subset": 64, "eval_attacks": ["natural", "pgd20"], "test_subset": 32,
+                      "method_params": {"gairat": {"lam": 0}}}
+    cells = cells_of(values)
+    assert len(cells) == 2 * 2 * 2
+    assert [(c.train.method, c.train.train_attack, c.train.seed) for c in cells[:3]] == [
+        ("at", "pgd", 3), ("at", "pgd", 4), ("at", "cw", 3)]
+    gairat = cells[-1].train
+    assert gairat.method == "gairat" and gairat.method_params["lam"] == 0.0 and gairat.method_params["burn_in"] == 0.5
+    assert gairat.eps == pytest.approx(8 / 255) and gairat.attack_step_size == pytest.approx(2 / 255)
+    assert gairat.epochs == 3 and gairat.lr == 0.05 and gairat.val_size == 512  # 512: the flag's default
+    assert cells[0].eval.attacks == ("natural", "pgd20") and cells[0].eval.test_subset == 32
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[train]\nepochs = 3\nepoch = 4\n", "m.toml:3: unknown key 'epoch' in [train]. Did you mean: epochs?"),
+    ("[matrix]\nmethods = ['at']\n\n[trian]\nepochs = 1\n", "m.toml:4: unknown section [trian]. Did you mean: train?"),
+    ("[train]\nlr = 0.1\nepochs = \"ten\"\n", "m.toml:3: key 'train.epochs' must be an integer, got 'ten'"),
+    ("[matrix]\nseeds = [0, \"1\"]\n", "m.toml:2: key 'matrix.seeds' must be a list of integers"),
+    ("[eval]\nthreat_model = \"l3\"\n", "m.toml:2: key 'eval.threat_model' must be \"linf\" or \"l2\""),
+    ("methods = [\"at\"]\n", "m.toml:1: key 'methods' must sit inside a section"),
+    ("[matrix]\nmethods = [\"at\"\n", "m.toml:2: malformed TOML in the value of 'methods'"),
+    ("[train]\nepochs = = 3\n", "m.toml:2: malformed TOML in the value of 'epochs'"),
+    ("[method_params.gairat]\nlamb = 0\n", "m.toml:1: [method_params.gairat]: Unknown parameter 'lamb' for method "
+                                           "'gairat'. Did you mean: lam?"),
+    ("[matrix]\nseeds = [0]\n[method_params.giarat]\nlam = 0\n", "m.toml:3: [method_params.giarat]: Unknown method "
+                                                                "'giarat'. Did you mean: gairat?"),
+    ("[method_params]\nlrat = 3\n", "m.toml:2: method_params.lrat must be a table"),
+])
+def test_malformed_files_name_the_line_and_the_key(tmp_path, text, message):
+    with pytest.raises(UsageError) as err:
+        load_matrix_file(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_flags_the_user_typed_override_the_file_even_when_equal_to_the_default(tmp_path):
+    path = write(tmp_path, "[matrix]\nseeds = [0, 1]\n[train]\nepochs = 3\ntrain_subset = 64\nattack_steps = 2\n"
+                           "val_size = 32\n[eval]\nattacks = [\"natural\"]\ntest_subset = 32\n")
+    base = ["run", "--config", str(path), "--dataset", "synthetic", "--dry-run", "--results", str(tmp_path / "r")]
+
+    def work(*args):
+        res = CliRunner().invoke(main, [*base, *args])
+        assert res.exit_code == 0, res.output
+        return [work_of(line) for line in res.output.splitlines() if line.startswith("pending")]
+
+    assert work() == [3 * 64 * (2 + 1)] * 2  # epochs x train size x (attack steps + 1), seeds 0 and 1
+    assert work("--seeds", "5") == [3 * 64 * 3]  # one seed: the flag replaced the file's list
+    assert work("--epochs", "10") == [10 * 64 * 3] * 2  # 10 is also the flag's default: typed, so it wins
+
+
+def test_datasets_and_models_expand_the_matrix_with_per_dataset_defaults():
+    cells = cells_of({}, dataset="synthetic,cifar10", model="small-cnn,resnet18", methods="at", seeds="0")
+    assert [(c.train.dataset, c.train.model) for c in cells] == [
+        ("synthetic", "small-cnn"), ("synthetic", "resnet18"), ("cifar10", "small-cnn"), ("cifar10", "resnet18")]
+    defaults = cells_of({}, dataset="synthetic,cifar10")
+    assert [(c.train.model, round(c.train.eps, 6), c.train.augment) for c in defaults] == [
+        ("small-cnn", 0.1, False), ("resnet18", round(8 / 255, 6), True)]
+    assert len({c.train.run_id for c in cells}) == 4
+
+
+def test_file_parameters_of_methods_outside_the_run_are_ignored(tmp_path):
+    values = load_matrix_file(write(tmp_path, "[method_params.gairat]\nlam = 0\n"))
+    cells = cells_of(values, methods="at")
+    assert [c.train.method for c in cells] == ["at"] and cells[0].train.method_params == {}
+
+
+def test_l2_evaluation_with_an_explicit_budget():
+    cell = cells_of({}, dataset="synthetic", threat_model="l2", eval_eps="1.5")[0]
+    assert (cell.eval.threat_model, cell.eval.eps, cell.train.eps) == ("l2", 1.5, 0.1)
+    assert cells_of({}, dataset="synthetic")[0].eval.eps is None  # L-inf: the training budget
+
+
+def test_work_estimate_by_hand():
+    saa_cw = cells_of({}, dataset="synthetic", methods="lrat", train_attack="saa+cw", epochs=4, attack_steps=7)[0]
+    # SAA: 3 targets x 20 steps; CW: 7 steps; +1 for the weight update
+    assert grad_steps(saa_cw, n_train=100) == 4 * 100 * (60 + 7 + 1)
+    assert grad_steps(saa_cw, n_train=100, epochs_done=3) == 1 * 100 * 68
+    assert grad_steps(saa_cw, n_train=100, epochs_done=4) == 0
+    assert hours(7200, 1.0) == 2.0 and hours(7200, None) is None
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thread barriers on 2 shared cores stall tiny models
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dry_run_shows_finished_failed_and_pending_cells_with_the_work_left(tmp_path, monkeypatch, one_thread):
+    import dataclasses
+
+    import bench.runner as runner_mod
+
+    real = runner_mod.train_run
+    monkeypatch.setattr(runner_mod, "train_run", lambda cfg, *a, **k: real(
+        dataclasses.replace(cfg, lr=1e30) if cfg.seed == 1 else cfg, *a, **k))  # seed 1: NaN loss
+    args = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64", "--val-size", "32",
+            "--test-subset", "32", "--batch-size", "32", "--attack-steps", "2", "--eval-attacks", "natural",
+            "--device", "cpu", "--results", str(tmp_path)]
+    assert CliRunner().invoke(main, [*args, "--seeds", "0,1"]).exit_code == 1
+    res = CliRunner().invoke(main, [*args, "--seeds", "0,1,2", "--dry-run", "--grad-steps-per-s", "0.0192"])
+    assert res.exit_code == 0, res.output
+    states = [(line.split()[0], line.split("seed ")[1][0], work_of(line))
+              for line in res.output.splitlines() if " seed " in line]
+    # finished: nothing left; failed: redone from its last epoch (none); pending: epochs x train size x (K + 1)
+    assert states == [("finished", "0", 0), ("failed", "1", 192), ("pending", "2", 1 * 64 * 3)]
+    assert "NonFiniteLoss: loss is nan" in res.output
+    assert "3 cells: 1 finished, 0 running, 1 failed, 1 pending" in res.output
+    assert "Work left: 384 example-gradient steps" in res.output and "about 5.56 worker-hours" in res.output
+
+
+def test_the_smoke_matrix_resolves():
+    cells = cells_of(load_matrix_file(ROOT / "experiments" / "smoke.toml"))
+    assert [(c.train.method, c.train.seed) for c in cells] == [
+        ("at", 0), ("at", 1), ("gairat", 0), ("gairat", 1), ("lrat", 0), ("lrat", 1)]
+    assert {c.train.dataset for c in cells} == {"fashion-mnist"} and cells[4].train.method_params["anchor"] == "natural"
