@@ -150,7 +150,7 @@ def _print_plan(store, cells, data, grad_steps_per_s) -> None:
     from bench.matrix import data_key, grad_steps, hours
     from bench.status import cell_status, counts, format_table
 
-    rows = [cell_status(store, c.train.run_id, c) for c in cells]
+    rows = [cell_status(store, c.train.run_id, c, len(data[data_key(c)].test)) for c in cells]
     work = [0 if s.state in ("finished", "running") else grad_steps(c, len(data[data_key(c)].train), s.epochs_done)
             for c, s in zip(cells, rows)]
     for line in format_table(rows, {"work": [f"{w:>14,} steps" for w in work]}):
@@ -232,3 +232,7 @@ main.add_command(speed, name="speed")
 from bench.status import status  # noqa: E402
 
 main.add_command(status, name="status")
+from bench.cli_eval import eval_command, export_command  # noqa: E402
+
+main.add_command(eval_command, name="eval")
+main.add_command(export_command, name="export")

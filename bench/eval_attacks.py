@@ -1,21 +1,36 @@
 """Evaluation attacks (methods.md sec. 3), each giving per-example robust flags on a test split.
 
-Model in eval mode, fp32, inputs in [0, 1]. The PGD family runs only on the points the model classifies
-correctly (the others are not robust anyway). `aa` is AutoAttack `standard` from `pyautoattack` (the official
-code); `apgd-ce`, `apgd-t`, `fab-t`, `square` are its components alone, with the standard version's settings.
-Every call is seeded and isolated from the caller's RNG stream (AutoAttack reseeds the global RNG).
+Model in eval mode (refused otherwise, bench/guards.py), fp32 with TF32 off (the RobustBench protocol), inputs in
+[0, 1], L-inf or L2. The PGD family runs only on the points the model classifies correctly (the others are not
+robust anyway). `aa` is AutoAttack `standard` from `pyautoattack` (the official code); `apgd-ce`, `apgd-t`,
+`fab-t`, `square` are its components alone, with the standard version's settings. Every call is seeded and
+isolated from the caller's RNG stream (AutoAttack reseeds the global RNG).
+
+AutoAttack runs one component at a time over the points still robust, in batches, exactly as
+`AutoAttack.run_standard_evaluation` does (each of its attacks reseeds per batch, so the flags are identical to
+one direct call; a test checks it). Our own state file records the flags after every batch, so an interrupted
+run resumes where it stopped: pyautoattack 0.2.0's `state_path` resume cannot be used, because it serialises
+its attack set with `default=str` and then refuses every state file it wrote ("different set of attacks").
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from bench.attacks import PGD
+from bench.attacks import PGD, AttackResult
+from bench.guards import default_eps, refuse_unsafe  # noqa: F401  (default_eps: the run path's L2 default)
+from bench.store import decode_flags, encode_flags, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+PGD_NAMES = ("fgsm", "pgd20", "cw20")
+AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 @dataclass(frozen=True)
@@ -24,9 +39,6 @@ class EvalAttackInfo:
     trained_by: tuple[str, ...]  # training attacks that simulate it: the cell counts as "seen"
     strength: int  # monotonicity guard: accuracy must not rise with strength (natural 0 < fgsm < pgd < aa)
     params: dict
-
-
-PGD_NAMES = ("fgsm", "pgd20", "cw20")
 
 
 def build_pgd(name: str, eps: float, threat_model: str) -> PGD:
@@ -54,6 +66,9 @@ EVAL_ATTACKS: dict[str, EvalAttackInfo] = {
     "fab-t": EvalAttackInfo("AutoAttack's FAB-T alone (standard settings)", (), 2, {"version": "custom"}),
     "square": EvalAttackInfo("AutoAttack's Square alone (5000 queries)", (), 2, {"version": "custom"}),
 }
+# What Square is compared with (guards.check_square): AutoAttack's own white-box attacks, as in its
+# check_square_sr. FGSM and PGD-20 are left out: Square (5000 queries) beating them is expected, not masking.
+WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
 
 
 class _WarningCollector(logging.Handler):
@@ -68,7 +83,9 @@ class _WarningCollector(logging.Handler):
 @dataclass
 class EvalOutcome:
     flags: torch.Tensor  # bool (n,), on the CPU
-    warnings: list[str]
+    warnings: list[str]  # AutoAttack's own checks, deduplicated, in order
+    resumed: bool = False  # an AutoAttack state file was picked up
+    info: dict = field(default_factory=dict)  # what ran: precision, tf32, components
 
 
 def _batches(n: int, size: int):
@@ -80,51 +97,123 @@ def _natural(model, x, y, batch_size) -> torch.Tensor:
     return torch.cat([model(x[a:b]).argmax(1) == y[a:b] for a, b in _batches(len(y), batch_size)])
 
 
-def _run_pgd(model, x, y, attack: PGD, batch_size) -> torch.Tensor:
+def run_attack_flags(model, x, y, attack, batch_size: int = 256) -> torch.Tensor:
+    """Robust flags of any `attack(model, x, y) -> AttackResult`, run on the correctly classified points only."""
     flags = _natural(model, x, y, batch_size)
     idx = torch.nonzero(flags).flatten()
     for a, b in _batches(len(idx), batch_size):
         sel = idx[a:b]
-        x_adv = attack(model, x[sel], y[sel]).x_adv
+        result: AttackResult = attack(model, x[sel], y[sel])
         with torch.no_grad():
-            flags[sel] = model(x_adv).argmax(1) == y[sel]
+            flags[sel] = model(result.x_adv).argmax(1) == y[sel]
     return flags
 
 
-def _run_autoattack(model, x, y, name, eps, threat_model, seed, batch_size, state_path: Path | None):
-    from pyautoattack import AutoAttack
-    from pyautoattack.state import EvaluationState
+def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
-    norm = {"linf": "Linf", "l2": "L2"}[threat_model]
-    adversary = AutoAttack(model, eps=eps, norm=norm, seed=seed, version="standard", device=x.device)
-    if name != "aa":
-        adversary.attacks_to_run = [name]  # the component with the standard version's settings
-    if state_path is None:
-        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-        return (y_adv == y)
-    adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
-    # The state file holds the flags across an interrupted-and-resumed run; the returned tensors do not.
-    return EvaluationState.from_disk(state_path).robust_flags.to(x.device)
+
+def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat_model: str, seed: int,
+                    batch_size: int, state_path: Path | None, logger: logging.Logger) -> tuple[torch.Tensor, bool]:
+    """AutoAttack's composition, component by component over the still-robust points, resumable per batch."""
+    from pyautoattack import AutoAttack, checks
+
+    key = {"components": list(components), "eps": eps, "norm": threat_model, "seed": seed,
+           "batch_size": batch_size, "n": len(y), "points": _fingerprint(x, y)}
+    state = read_json(state_path) if state_path is not None and state_path.exists() else None
+    if state is not None and state.get("key") != key:
+        log.warning("ignoring AutoAttack state %s: it was written for another evaluation", state_path)
+        state = None
+    resumed = state is not None
+    if state is None:
+        flags = _natural(model, x, y, batch_size)
+        state = {"key": key, "flags": encode_flags(flags.tolist()), "done": [], "current": None,
+                 "start": None, "batches_done": 0, "acc": {"clean": flags.float().mean().item()}}
+    else:
+        log.info("resuming AutoAttack from %s (done: %s)", state_path, ", ".join(state["done"]) or "nothing")
+    flags = torch.tensor(decode_flags(state["flags"]), dtype=torch.bool, device=x.device)
+
+    def save():
+        state["flags"] = encode_flags(flags.tolist())
+        if state_path is not None:
+            write_json(state_path, state)
+
+    save()
+    adversary = AutoAttack(model, eps=eps, norm=AA_NORMS[threat_model], seed=seed, version="standard", device=x.device)
+    adversary.logger = logger
+    for comp in components:
+        if comp in state["done"]:
+            continue
+        if state["current"] != comp:  # the robust set this component starts from, fixed for all its batches
+            state.update(current=comp, start=encode_flags(flags.tolist()), batches_done=0)
+        start = torch.tensor(decode_flags(state["start"]), dtype=torch.bool, device=x.device)
+        idx = torch.nonzero(start).flatten()
+        adversary.attacks_to_run = [comp]  # the component with the standard version's settings
+        for b, (lo, hi) in enumerate(_batches(len(idx), batch_size)):
+            if b < state["batches_done"]:
+                continue
+            sel = idx[lo:hi]
+            _, y_adv = adversary.run_standard_evaluation(x[sel], y[sel], batch_size=len(sel))
+            flags[sel] &= y_adv.to(y.device) == y[sel]
+            state["batches_done"] = b + 1
+            save()
+        state["done"].append(comp)
+        state["acc"][comp] = flags.float().mean().item()
+        save()
+        log.info("AutoAttack %s done: robust accuracy %.4f on %d points", comp, state["acc"][comp], len(y))
+    checks.check_square_sr(state["acc"], logger=logger)  # AutoAttack's own check, on the cumulative accuracies
+    return flags, resumed
+
+
+@contextlib.contextmanager
+def fp32_precision(allow_tf32: bool = False):
+    """TF32 off for the duration (RobustBench/AutoAttack numbers are fp32); the previous flags are restored."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, *, eps: float,
                     threat_model: str = "linf", seed: int = 0, batch_size: int = 256,
-                    state_path: Path | None = None) -> EvalOutcome:
-    """Per-example robust flags of `name` on (x, y). The caller puts the model in eval mode."""
+                    state_path: Path | None = None, allow_tf32: bool = False) -> EvalOutcome:
+    """Per-example robust flags of `name` on (x, y). The caller puts the model in eval mode (refused otherwise).
+
+    `state_path` (AutoAttack names only): where progress is kept; an existing file for the same evaluation is
+    resumed, one for another evaluation is ignored. The caller deletes it when the result is stored.
+    """
+    if name not in EVAL_ATTACKS:
+        raise KeyError(name)
+    refuse_unsafe(model, x, eps, threat_model)
     collector = _WarningCollector()
     aa_logger = logging.getLogger("auto-attack")
-    aa_logger.setLevel(logging.WARNING)  # its INFO lines ("setting parameters ...") are noise in our progress
+    old_level, old_propagate = aa_logger.level, aa_logger.propagate
+    aa_logger.setLevel(logging.WARNING)  # its INFO/DEBUG lines are noise in our progress
+    aa_logger.propagate = False  # its warnings repeat per batch; they come back once, in the row
     aa_logger.addHandler(collector)
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    resumed = False
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), fp32_precision(allow_tf32):
             torch.manual_seed(seed)
             if name == "natural":
                 flags = _natural(model, x, y, batch_size)
             elif name in PGD_NAMES:
-                flags = _run_pgd(model, x, y, build_pgd(name, eps, threat_model), batch_size)
+                flags = run_attack_flags(model, x, y, build_pgd(name, eps, threat_model), batch_size)
             else:
-                flags = _run_autoattack(model, x, y, name, eps, threat_model, seed, batch_size, state_path)
+                components = AA_COMPONENTS if name == "aa" else (name,)
+                flags, resumed = _run_autoattack(model, x, y, components, eps, threat_model, seed, batch_size,
+                                                 state_path, aa_logger)
     finally:
         aa_logger.removeHandler(collector)
-    return EvalOutcome(flags.bool().cpu(), collector.messages)
+        aa_logger.setLevel(old_level)
+        aa_logger.propagate = old_propagate
+    warnings = list(dict.fromkeys(collector.messages))
+    for w in warnings:
+        log.warning("AutoAttack check (%s): %s", name, w)
+    info = {"eval_precision": "fp32", "eval_tf32": allow_tf32}
+    return EvalOutcome(flags.bool().cpu(), warnings, resumed, info)

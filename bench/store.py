@@ -139,7 +139,16 @@ class Store:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
-    """(model, config) of a stored run: the chosen checkpoint, in eval mode, taking inputs in [0, 1]."""
+    """(model, config) of a stored run, for other tools (the public Python API).
+
+    `run_dir` is `<results>/runs/<run_id>`; `checkpoint` is "best" (selected on the validation split, never
+    the test set) or "last". The model is an `nn.Module` on `device`, in eval mode (every module's `training`
+    is False), taking inputs in [0, 1] (no normalisation outside it) and returning logits. `config` is the
+    stored config.json: {"run_id", "train": the TrainConfig fields, "provenance"}. Example:
+
+        model, config = load_run("results/runs/3f2a9c1b0d4e")
+        logits = model(x)  # x: float (n, C, H, W) in [0, 1]
+    """
     import torch
 
     from bench.data import DATASETS
@@ -153,3 +162,19 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     state = torch.load(run_dir / f"{checkpoint}.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def resolve_run_id(store: Store, text: str) -> str:
+    """A stored run id from its full id or a unique prefix; a UsageError naming the closest one otherwise."""
+    from bench.names import UsageError, suggest
+
+    ids = store.run_ids()
+    if text in ids:
+        return text
+    matches = [r for r in ids if r.startswith(text)] if text else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"Run id prefix '{text}' is ambiguous in {store.root}: {', '.join(matches)}.")
+    raise UsageError(f"Unknown run '{text}' in {store.root}.{suggest(text, ids)}"
+                     + ("" if ids else " (the store has no runs)"))

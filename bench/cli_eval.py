@@ -1,0 +1,204 @@
+"""`bench eval` (evaluate stored runs with more attacks or another eps, no retraining) and `bench export`
+(a run's state dict, RobustBench model_info and README). Thin glue over bench.evaluate and bench.export."""
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+
+import click
+
+from bench.cli import DEFAULT_RESULTS, usage_errors
+from bench.names import UsageError, split_list
+
+CHECKPOINTS = ("best", "last")
+LOCK_WAIT_S = 2.0  # as the runner: a `bench status` probe of the lock must not make us skip a run
+
+
+def _stored_size(store, run_id: str) -> int | None:
+    """The test-set size of a run's stored evaluations (most common; the largest on a tie), so that new
+    attacks land on the same points as the old ones and join their worst row."""
+    evals = store.run_dir(run_id) / "evals"
+    sizes = [int(m.group(1)) for p in (evals.iterdir() if evals.exists() else [])
+             if (m := re.search(r"-n(\d+)$", p.name))]
+    if not sizes:
+        return None
+    counts = Counter(sizes)
+    return max(counts, key=lambda n: (counts[n], n))
+
+
+def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
+    from bench.store import TRAINED, resolve_run_id
+
+    if not run_ids:
+        found = store.finished_runs()
+        if not found:
+            raise UsageError(f"No finished runs in {store.root}: run `bench run` first, or name runs.")
+        return found
+    out = []
+    for text in run_ids:
+        run_id = resolve_run_id(store, text)
+        if not store.has(run_id, TRAINED) and not (store.run_dir(run_id) / "best.pt").exists():
+            raise UsageError(f"Run {run_id} has not finished training: nothing to evaluate.")
+        out.append(run_id)
+    return list(dict.fromkeys(out))
+
+
+@click.command(name="eval")
+@click.argument("run_ids", nargs=-1)
+@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
+@click.option("--eval-attacks", default="natural,pgd20,cw20,aa", show_default=True,
+              help="Comma-separated eval attacks (see `bench ls`).")
+@click.option("--eps", default=None, help="Comma-separated budgets in pixel units (8/255, 0.5). Default: the "
+              "training eps for linf, 0.5 (CIFAR/SVHN) or 1.5 ((fashion-)MNIST) for l2.")
+@click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--test-subset", type=int, default=None, help="Test points (first N on CIFAR, class-balanced "
+              "otherwise). Default: as in the run's stored evaluations, else the whole test set.")
+@click.option("--checkpoint", default="best,last", show_default=True, help="Comma-separated: best, last.")
+@click.option("--eval-batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
+@click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@usage_errors
+def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size, seed,
+                 data_dir, device):
+    """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
+    store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
+    AutoAttack resumes from its state file. Exit code 1 if a guard refused a run (or another process held
+    it), 2 for bad input (nothing evaluated).
+
+    \b
+    Example:
+      bench eval --results results --eval-attacks fgsm,apgd-ce,apgd-t,fab-t,square
+      bench eval 3f2a9c1b --eval-attacks natural,aa --threat-model l2 --eps 1.5
+    """
+    from pathlib import Path
+
+    from bench.config import EvalConfig, parse_eps
+    from bench.data import DATASETS
+    from bench.eval_attacks import EVAL_ATTACKS
+    from bench.guards import check_eps
+    from bench.names import lookup
+    from bench.store import Store
+
+    suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()
+                                for a in split_list(eval_attacks)))
+    if not suite:
+        raise UsageError("--eval-attacks is empty.")
+    ckpts = tuple(dict.fromkeys(lookup("checkpoint", c, {k: k for k in CHECKPOINTS}) for c in split_list(checkpoint)))
+    budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
+    for name, value in (("test-subset", test_subset), ("eval-batch-size", eval_batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be >= 1, got {value}.")
+    if not Path(results, "runs").is_dir():
+        raise UsageError(f"No results store at {results} (no {results}/runs).")
+    store = Store(results)
+    runs = _resolve_runs(store, run_ids)
+    jobs = []  # (run_id, config, EvalConfig), all checked before any work
+    for run_id in runs:
+        config = store.config(run_id)
+        info = DATASETS[config["train"]["dataset"]]
+        n = test_subset if test_subset is not None else _stored_size(store, run_id)
+        for b in budgets:
+            if b is not None:
+                check_eps(b, threat_model, info.in_channels * info.image_size ** 2)
+            jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
+                                                    batch_size=eval_batch_size, seed=seed, checkpoints=ckpts)))
+    _evaluate(store, jobs, data_dir, device)
+
+
+def _evaluate(store, jobs, data_dir, device) -> None:
+    from filelock import FileLock, Timeout
+
+    from bench.data import load_data
+    from bench.evaluate import evaluate_run, resolve_eval_eps
+    from bench.guards import GuardFailure
+    from bench.provenance import resolve_device
+
+    dev = resolve_device(device)
+    cache, refused, busy, summary = {}, [], [], []
+    for i, (run_id, config, ecfg) in enumerate(jobs, 1):
+        t = config["train"]
+        label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
+        key = (t["dataset"], t["val_size"], t["train_subset"], ecfg.test_subset)
+        if key not in cache:
+            cache[key] = load_data(t["dataset"], val_size=t["val_size"], train_subset=t["train_subset"],
+                                   test_subset=ecfg.test_subset, data_dir=data_dir).test
+        test = cache[key]
+        eps = resolve_eval_eps(t["dataset"], t["eps"], ecfg)
+        click.echo(f"run {i}/{len(jobs)}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
+                   f"{len(test)} points", err=True)
+
+        def progress(ckpt, attack, row, label=label):
+            flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
+            click.echo(f"  {ckpt}/{attack}: {row['accuracy']:.4f} on {row['n_eval']} points "
+                       f"({row['eval_seconds']:.1f}s){flagged}", err=True)
+
+        lock = FileLock(store.lock_path(run_id))  # the runner's per-cell lock: one writer per run
+        store.lock_path(run_id).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            click.echo(f"  BUSY {label}: another process holds its lock; left alone", err=True)
+            busy.append(run_id)
+            continue
+        try:
+            rows = evaluate_run(store, run_id, ecfg, test, dev, progress)
+        except GuardFailure as exc:
+            click.echo(f"  REFUSED {label}: {exc}", err=True)
+            refused.append(run_id)
+            continue
+        finally:
+            lock.release()
+        summary += [r for r in rows if r["eval_attack"] in ecfg.attacks + ("worst",)]
+    _print_summary(summary)
+    if refused or busy:
+        click.echo(f"{len(refused)} run(s) refused by a guard{': ' + ', '.join(refused) if refused else ''}; "
+                   f"{len(busy)} busy elsewhere{': ' + ', '.join(busy) if busy else ''}", err=True)
+        sys.exit(1)
+
+
+def _print_summary(rows: list[dict]) -> None:
+    """One line per (run, checkpoint, threat model, eps): accuracy per attack, then the flagged guards."""
+    lines: dict[tuple, list[str]] = {}
+    flagged: dict[tuple, set[str]] = {}
+    for r in rows:
+        key = (r["run_id"], r["checkpoint"], r["threat_model"], r["eval_eps"], r["n_eval"])
+        lines.setdefault(key, []).append(f"{r['eval_attack']} {r['accuracy']:.4f}")
+        flagged.setdefault(key, set()).update(f for f in r.get("guards_flagged", "").split(",") if f)
+    for (run_id, ckpt, tm, eps, n), cells in lines.items():
+        flags = f"  guards flagged: {','.join(sorted(flagged[(run_id, ckpt, tm, eps, n)]))}" if flagged[
+            (run_id, ckpt, tm, eps, n)] else ""
+        click.echo(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(cells)}{flags}")
+
+
+@click.command(name="export")
+@click.argument("run_id")
+@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
+@click.option("--out", required=True, help="Directory for model.pt, model_info.json and README.md.")
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(CHECKPOINTS))
+@click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--eps", default=None, help="Which stored budget to export. Default: as in `bench eval`.")
+@usage_errors
+def export_command(run_id, results, out, checkpoint, threat_model, eps):
+    """Export a run for RobustBench: its state dict, a model_info JSON (RobustBench's keys, from the stored
+    natural and aa rows) and a README showing how to load and re-check it; the README is also printed.
+
+    \b
+    Example:
+      bench export 3f2a9c1b --results results --out exported/at-pgd
+    """
+    from pathlib import Path
+
+    from bench.config import parse_eps
+    from bench.export import export_run
+    from bench.store import Store, resolve_run_id
+
+    if not Path(results, "runs").is_dir():
+        raise UsageError(f"No results store at {results} (no {results}/runs).")
+    store = Store(results)
+    run = resolve_run_id(store, run_id)
+    written = export_run(store, run, out, checkpoint, threat_model, parse_eps(eps, threat_model) if eps else None)
+    for kind, path in written.items():
+        click.echo(f"{kind:>10}: {path}", err=True)
+    click.echo(written["readme"].read_text())

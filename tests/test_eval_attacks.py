@@ -1,0 +1,197 @@
+"""Eval attacks: eps = 0 and identity oracles, a scripted model any perturbation breaks, agreement with
+independent implementations (foolbox's PGD, pyautoattack called directly), AutoAttack resume, isolation."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import foolbox as fb
+import pytest
+import torch
+import torch.nn as nn
+from conftest import TinyNet
+from pyautoattack import AutoAttack
+
+from bench.attacks import AttackResult
+from bench.eval_attacks import (AA_COMPONENTS, EVAL_ATTACKS, PGD_NAMES, _natural, _run_autoattack, build_pgd,
+                                run_attack_flags, run_eval_attack)
+from bench.guards import GuardFailure
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """AutoAttack's small-tensor loops stall on thread barriers when the 2 cores are shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def linear():
+    """A linear model on 4x4 inputs and 8 points labelled by it: AutoAttack's per-iteration cost is the floor."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+@pytest.fixture
+def points():
+    """TinyNet (eval mode) and 32 points: labels = its predictions, except 4 flipped (natural acc 28/32)."""
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 10
+    return model, x, y
+
+
+class Fragile(nn.Module):
+    """Scripted: correct exactly at its reference points, wrong after any perturbation of L1 size > 1e-6/20.
+
+    The margin of the true class is 1e-6 - 20 |x - x_i|_1 + g.(x - x_i) for the nearest reference x_i, with a
+    fixed |g| < 20 so that the input gradient is never zero (FGSM without a random start can move)."""
+
+    def __init__(self, x_ref: torch.Tensor, y_ref: torch.Tensor, num_classes: int = 10):
+        super().__init__()
+        self.register_buffer("x_ref", x_ref.flatten(1).clone())
+        self.register_buffer("y_ref", y_ref.clone())
+        self.register_buffer("g", torch.linspace(-1, 1, x_ref[0].numel()))
+        self.k = num_classes
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        i = torch.cdist(flat.detach(), self.x_ref, p=1).argmin(1)
+        delta = flat - self.x_ref[i]
+        margin = 1e-6 - 20 * delta.abs().sum(1) + delta @ self.g
+        others = -0.01 * torch.arange(self.k, dtype=x.dtype, device=x.device).expand(len(x), self.k)
+        return others.scatter(1, self.y_ref[i][:, None], margin[:, None])
+
+
+@pytest.mark.parametrize("threat_model", ["linf", "l2"])
+@pytest.mark.parametrize("name", PGD_NAMES)
+def test_eps_zero_gives_natural_pgd_family(points, name, threat_model):
+    model, x, y = points
+    natural = _natural(model, x, y, 256)
+    out = run_eval_attack(model, x, y, name, eps=0.0, threat_model=threat_model)
+    assert natural.sum() == 28
+    assert torch.equal(out.flags, natural)
+
+
+def test_eps_zero_gives_natural_autoattack(linear):
+    """At eps = 0 no component can break a point, so `aa` runs every one of them (APGD-CE, APGD-T, FAB-T,
+    Square) on every correctly classified point: one run covers each component at eps = 0."""
+    model, x, y = linear
+    x, y = x[:3], y[:3].clone()
+    y[0] = (y[0] + 1) % 10  # natural = 011
+    out = run_eval_attack(model, x, y, "aa", eps=0.0, batch_size=2)
+    assert out.flags.tolist() == [False, True, True]
+
+
+def test_identity_attack_gives_natural(points):
+    model, x, y = points
+    identity = lambda m, xb, yb: AttackResult(xb.clone(), None)  # noqa: E731
+    assert torch.equal(run_attack_flags(model, x, y, identity, batch_size=5), _natural(model, x, y, 256))
+    zero_steps = dataclasses.replace(build_pgd("pgd20", 0.1, "linf"), steps=0, random_start=False)
+    assert torch.equal(run_attack_flags(model, x, y, zero_steps), _natural(model, x, y, 256))
+
+
+@pytest.mark.parametrize("threat_model,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_fragile_model_is_broken_by_every_attack(points, threat_model, eps):
+    _, x, y = points
+    model = Fragile(x, y).eval()
+    assert run_eval_attack(model, x, y, "natural", eps=eps).flags.all()
+    for name in PGD_NAMES + ("apgd-ce", "aa"):
+        out = run_eval_attack(model, x[:6], y[:6], name, eps=eps, threat_model=threat_model)
+        assert out.flags.sum() == 0, name
+
+
+@pytest.mark.parametrize("threat_model,eps", [("linf", 0.003), ("l2", 0.1)])
+def test_pgd20_agrees_with_foolbox(points, threat_model, eps):
+    """Same model, points, 20 steps of eps/4, no random start on both sides (foolbox 3.3.4's LinfPGD/L2PGD)."""
+    model, x, y = points
+    ours = dataclasses.replace(build_pgd("pgd20", eps, threat_model), random_start=False)
+    robust_ours = run_attack_flags(model, x, y, ours).float().mean().item()
+    cls = fb.attacks.LinfPGD if threat_model == "linf" else fb.attacks.L2PGD
+    attack = cls(abs_stepsize=eps / 4, steps=20, random_start=False)
+    _, _, success = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
+    robust_fb = (~success).float().mean().item()
+    assert 0.2 < robust_fb < 0.8  # an informative regime, not all-or-nothing
+    assert abs(robust_ours - robust_fb) <= 1 / 32
+
+
+def test_aa_equals_pyautoattack_called_directly(linear):
+    model, x, y = linear
+    eps = 0.12
+    ours = run_eval_attack(model, x, y, "aa", eps=eps, seed=3, batch_size=3).flags
+    _, y_adv = AutoAttack(model, eps=eps, norm="Linf", seed=3, version="standard").run_standard_evaluation(
+        x, y, batch_size=3)
+    assert torch.equal(ours, (y_adv == y).cpu())
+    assert 0 < ours.sum() < 8
+
+
+class Interrupt(nn.Module):
+    """Counts forward passes; raises after `after` of them (a stand-in for a killed process)."""
+
+    def __init__(self, model: nn.Module, after: int | None = None):
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.after is not None and self.calls > self.after:
+            raise KeyboardInterrupt
+        return self.model(x)
+
+
+def test_autoattack_resumes_where_it_stopped(linear, tmp_path):
+    model, x, y = linear
+    args = (x, y, ("apgd-ce", "apgd-t"), 0.12, "linf", 0, 2)
+    log = logging.getLogger("test")
+    full = Interrupt(model).eval()
+    expected, _ = _run_autoattack(full, *args, None, log)
+    state = tmp_path / "aa.state"
+    with pytest.raises(KeyboardInterrupt):
+        _run_autoattack(Interrupt(model, after=full.calls * 2 // 3).eval(), *args, state, log)
+    assert state.exists()
+    rest = Interrupt(model).eval()
+    flags, resumed = _run_autoattack(rest, *args, state, log)
+    assert resumed and torch.equal(flags, expected)
+    assert 0 < expected.sum() < len(y)
+    assert rest.calls < full.calls * 2 // 3  # it continued; it did not start over
+    other = (x, y, ("apgd-ce", "apgd-t"), 0.13, "linf", 0, 2)  # another eps: the state is stale, not used
+    assert _run_autoattack(model, *other, state, log)[1] is False
+
+
+def test_train_mode_is_refused_not_switched(points):
+    model, x, y = points
+    model.train()
+    with pytest.raises(GuardFailure, match="train mode"):
+        run_eval_attack(model, x, y, "pgd20", eps=0.01)
+    assert model.training and model.bn.training
+
+
+def test_caller_rng_and_tf32_flags_are_untouched(points):
+    model, x, y = points
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        out = run_eval_attack(model, x, y, "apgd-ce", eps=0.004)
+        assert torch.equal(torch.rand(3), expected)
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert out.info == {"eval_precision": "fp32", "eval_tf32": False}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+def test_every_eval_attack_has_a_strength_and_summary():
+    assert set(EVAL_ATTACKS) == {"natural", "aa", *PGD_NAMES, *AA_COMPONENTS}
+    assert EVAL_ATTACKS["natural"].strength < EVAL_ATTACKS["fgsm"].strength < EVAL_ATTACKS["pgd20"].strength \
+        < EVAL_ATTACKS["aa"].strength
