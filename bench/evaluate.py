@@ -8,7 +8,8 @@ Every row carries the guards (bench/guards.py) as `guard_<name>` columns ("ok" /
 plus `guards_flagged`; the suite guards (monotone, square) are rewritten into every row of the group when the
 worst row is recomputed. RobustBench protocol columns: `n_examples`, `test_points` ("first-n": the first N
 test points in the loader's order, RobustBench's protocol on CIFAR; "balanced-subset" otherwise),
-`points_sha` (the exact points, so rows of one group provably share them), `eval_precision`, `eval_tf32`.
+`points_sha` (the exact points, so rows of one group provably share them), `eval_precision`, `eval_tf32`,
+`eval_batch_size` (AutoAttack's random starts are drawn per batch: needed to reproduce its flags exactly).
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
             outcome = run_eval_attack(model, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
                                       batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None)
             guards = model_guards + [check_autoattack(outcome.warnings, attack in AA_NAMES)]
-            extra = {**shared, **outcome.info, "aa_resumed": outcome.resumed, **columns(guards)}
+            extra = {**shared, **outcome.info, "eval_batch_size": ecfg.batch_size, "aa_resumed": outcome.resumed,
+                     **columns(guards)}
             row = make_row(config, ckpt, ckpt_epoch, attack, outcome.flags.tolist(), eps, ecfg,
                            time.perf_counter() - t0, outcome.warnings, prov, extra)
             store.write_eval(run_id, group, attack, row, outcome.flags.tolist())

@@ -74,7 +74,8 @@ def model_info(config: dict[str, Any], rows: dict[str, dict], model_sha256: str)
         "train_attack": train["train_attack"], "train_eps": train["eps"], "model": train["model"],
         "epochs": train["epochs"], "seed": train["seed"], "checkpoint": aa["checkpoint"],
         "checkpoint_epoch": aa.get("checkpoint_epoch"), "eval_seed": aa["eval_seed"],
-        "test_points": aa.get("test_points"), "points_sha": aa.get("points_sha"),
+        "eval_batch_size": aa.get("eval_batch_size"), "test_points": aa.get("test_points"),
+        "points_sha": aa.get("points_sha"),
         "eval_precision": aa.get("eval_precision"), "eval_tf32": aa.get("eval_tf32"),
         "accuracy": {a: r["accuracy"] for a, r in rows.items()},
         "guards": {k: v for k, v in worst.items() if k.startswith("guard_")},
@@ -113,7 +114,8 @@ def readme(info: dict[str, Any], config: dict[str, Any]) -> str:
                  "x, y = to_float(test.x), test.y\n"
                  f"adversary = AutoAttack(model, eps={info['eps']!r}, norm={info['threat_model']!r}, "
                  f"seed={lb['eval_seed']}, version=\"standard\")\n"
-                 "_, y_adv = adversary.run_standard_evaluation(x, y, batch_size=256)\n"
+                 f"_, y_adv = adversary.run_standard_evaluation(x, y, batch_size={lb.get('eval_batch_size') or 256})"
+                 "\n"
                  "print((y_adv == y).float().mean().item())\n```\n")
     return (f"# {info['name']}\n\n"
             f"| clean | AutoAttack | eps | threat model | n_examples | checkpoint |\n|---|---|---|---|---|---|\n"

@@ -123,13 +123,15 @@ def test_export_writes_model_info_and_a_readme_that_loads_the_model(evaluated, t
     assert "guard_eval_mode" in lb["guards"]
     readme = (out / "README.md").read_text()
     assert readme in result.output and "robustbench.eval.benchmark" in readme
-    load_snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    load_snippet, recheck_snippet = re.findall(r"```python\n(.*?)```", readme, re.S)
     monkeypatch.chdir(out)
     scope: dict = {}
     exec(load_snippet, scope)  # the README's own code
     with torch.no_grad():
         flags = (scope["model"](to_float(test.x)).argmax(1) == test.y).tolist()
     assert flags == natural
+    exec(recheck_snippet, scope)  # AutoAttack called directly, as the README says: the stored aa flags again
+    assert (scope["y_adv"] == scope["y"]).tolist() == decode_flags(store.read_eval(run_id, group, "aa")["flags"])
 
 
 def test_export_readme_for_cifar_uses_robustbench_benchmark():
