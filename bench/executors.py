@@ -70,7 +70,10 @@ class RayExecutor:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, **(self.init_kwargs or {}))
+            try:
+                ray.init(address=self.address, **(self.init_kwargs or {}))
+            except (ConnectionError, RuntimeError, ValueError) as exc:  # nothing was written yet
+                raise UsageError(f"Cannot start or join Ray ({self.address or 'local instance'}): {exc}") from None
         try:
             gpus = self._gpus(ray)
             if self.device == "cuda" and gpus == 0:

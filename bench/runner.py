@@ -87,7 +87,8 @@ class Runner:
         except Timeout:
             return CellOutcome(cell, "busy", 0.0, "another process holds this cell's lock")
         try:
-            if not force and is_complete(self.store, cell):
+            data = self.data_for(cell)
+            if not force and is_complete(self.store, cell, len(data.test)):
                 return CellOutcome(cell, "skipped", 0.0)
             run_dir = self.store.run_dir(run_id)
             if force and run_dir.exists():
@@ -101,7 +102,6 @@ class Runner:
             if not (run_dir / "config.json").exists():
                 write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(),
                                                      "provenance": provenance(self.device)})
-            data = self.data_for(cell)
             progress = CellProgress(cell.label, cell.train.epochs)
             try:
                 if not trained:

@@ -36,14 +36,15 @@ def lock_held(store: Store, run_id: str) -> bool:
     return False
 
 
-def is_complete(store: Store, cell: Cell) -> bool:
-    """DONE written and every (checkpoint, attack) of the cell's eval suite stored."""
+def is_complete(store: Store, cell: Cell, n_test: int | None = None) -> bool:
+    """DONE written and every (checkpoint, attack) of the cell's eval suite stored. `n_test`: the number of
+    test points once the data is loaded (the whole test set, or fewer than --test-subset asked for)."""
     run_id = cell.train.run_id
     if not store.has(run_id, DONE):
         return False
     eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
-    n = cell.eval.test_subset  # None: the whole test set, size unknown until loaded
-    if n is None:
+    n = n_test if n_test is not None else cell.eval.test_subset
+    if n is None:  # the whole test set, size unknown without the data: trust DONE
         return True
     return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n), a).exists()
                for c in cell.eval.checkpoints for a in cell.eval.attacks)
@@ -75,7 +76,7 @@ def _read_list(path: Path) -> list:
     return value if isinstance(value, list) else []
 
 
-def cell_status(store: Store, run_id: str, cell: Cell | None = None) -> CellStatus:
+def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int | None = None) -> CellStatus:
     """The state of one cell; with `cell` given, DONE counts as finished only if its whole suite is stored."""
     run_dir = store.run_dir(run_id)
     label = cell.label if cell is not None else _label(store, run_id)
@@ -90,7 +91,7 @@ def cell_status(store: Store, run_id: str, cell: Cell | None = None) -> CellStat
 
     if lock_held(store, run_id):
         return status("running", f"lock held; {progress}")
-    if store.has(run_id, DONE) and (cell is None or is_complete(store, cell)):
+    if store.has(run_id, DONE) and (cell is None or is_complete(store, cell, n_test)):
         return status("finished", "")
     if store.has(run_id, FAILED):
         try:

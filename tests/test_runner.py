@@ -33,10 +33,10 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_cell(seed: int = 0, attacks=("natural",)) -> Cell:
+def tiny_cell(seed: int = 0, attacks=("natural",), test_subset: int | None = 32) -> Cell:
     train = TrainConfig(method="at", train_attack="pgd", dataset="synthetic", eps=0.1, attack_steps=2,
                         attack_step_size=0.025, train_subset=64, val_size=32, epochs=1, batch_size=32, seed=seed)
-    return Cell(train, EvalConfig(attacks=attacks, test_subset=32))
+    return Cell(train, EvalConfig(attacks=attacks, test_subset=test_subset))
 
 
 def test_nan_and_raising_cells_fail_alone_and_exit_1(tmp_path, monkeypatch):
@@ -88,14 +88,15 @@ def test_a_locked_cell_is_left_to_its_owner_and_nothing_is_written(tmp_path, mon
     assert outcome.status == "busy" and not store.run_dir(cell.train.run_id).exists()
 
 
-def test_a_new_eval_attack_evaluates_without_retraining(tmp_path):
-    store, cell = Store(tmp_path), tiny_cell()
+@pytest.mark.parametrize("test_subset", [32, None])  # None: the whole test set, its size known once loaded
+def test_a_new_eval_attack_evaluates_without_retraining(tmp_path, test_subset):
+    store, cell = Store(tmp_path), tiny_cell(test_subset=test_subset)
     runner = Runner(store, torch.device("cpu"))
     assert runner.run_cell(cell).status == "done"
     assert runner.run_cell(cell).status == "skipped"
     bigger = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, attacks=("natural", "fgsm")))
     run_id = cell.train.run_id
-    state = cell_status(store, run_id, bigger)
+    state = cell_status(store, run_id, bigger, n_test=test_subset or 512)
     assert (state.state, state.detail) == ("pending", "evaluation of new attacks missing")
     assert runner.run_cell(bigger).status == "done"
     phases = [a["phase"] for a in json.loads((store.run_dir(run_id) / ATTEMPTS).read_text())]
