@@ -122,6 +122,10 @@ def test_l2_evaluation_with_an_explicit_budget():
     cell = cells_of({}, dataset="synthetic", threat_model="l2", eval_eps="1.5")[0]
     assert (cell.eval.threat_model, cell.eval.eps, cell.train.eps) == ("l2", 1.5, 0.1)
     assert cells_of({}, dataset="synthetic")[0].eval.eps is None  # L-inf: the training budget
+    from bench.guards import default_eps
+
+    # L2 without a budget: the evaluation module's usual one, fixed in the cell so its eval group is known
+    assert cells_of({}, dataset="synthetic", threat_model="l2")[0].eval.eps == default_eps("synthetic", "l2")
 
 
 def test_work_estimate_by_hand():
