@@ -60,7 +60,11 @@ def _given(ctx: click.Context) -> set[str]:
               "data, resnet18 for 32x32.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--lr", type=float, default=None, help="SGD learning rate. Default: 0.05 for small-cnn, 0.1 otherwise.")
+@click.option("--lr-scale", type=click.Choice(["none", "linear"]), default="none", show_default=True,
+              help="linear: lr x batch-size / 128, to scale batch size and learning rate together.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Training (and training-attack) precision; bf16 autocast, never fp16. Part of the run id.")
 @click.option("--weight-decay", type=float, default=2e-4, show_default=True)
 @click.option("--eps", default=None, help="L-inf training budget in pixel units: 8/255 or 0.0314. Default: 0.1 for "
               "(fashion-)mnist, 8/255 otherwise.")
@@ -78,6 +82,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout (GPU speed; not part of the run id).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU speed; slower on CPUs).")
 @click.option("--force", is_flag=True, help="Redo cells that are already finished.")
 @click.option("--dry-run", is_flag=True, help="Print the cells, their state and the work left; run nothing.")
 @click.option("--grad-steps-per-s", type=float, default=None, help="Measured throughput of one worker in "
@@ -91,8 +97,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--max-retries", type=int, default=3, show_default=True,
               help="Ray: retries of a cell whose worker died (pre-emption); it resumes from its checkpoint.")
 @usage_errors
-def run(config, results, data_dir, device, force, dry_run, grad_steps_per_s, executor, ray_address, gpus_per_cell,
-        cpus_per_cell, max_retries, **matrix_flags):
+def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, grad_steps_per_s, executor,
+        ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
     """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
     are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written).
 
@@ -129,12 +135,14 @@ def run(config, results, data_dir, device, force, dry_run, grad_steps_per_s, exe
         _print_plan(store, cells, data, grad_steps_per_s)
         return
     from bench.executors import LocalExecutor, RayExecutor
+    from bench.train import RuntimeOptions
 
+    runtime = RuntimeOptions(channels_last=channels_last, compile=compile_model)
     if executor == "ray":
         ex = RayExecutor(store, device, data_dir, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
-                         gpus_per_cell, max_retries)
+                         gpus_per_cell, max_retries, runtime=runtime)
     else:
-        ex = LocalExecutor(store, dev, data_dir, data)
+        ex = LocalExecutor(store, dev, data_dir, data, runtime=runtime)
     outcomes = ex.run(cells, force=force)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
     click.echo(f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "

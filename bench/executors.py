@@ -23,6 +23,7 @@ from bench.matrix import Cell
 from bench.names import UsageError
 from bench.progress import MatrixProgress
 from bench.runner import CellOutcome, Runner
+from bench.train import RuntimeOptions
 from bench.store import FAILED, Store, write_json
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,20 @@ class LocalExecutor:
     data_dir: str | None = None
     data: dict | None = None  # bundles already loaded by the presence check
     workers: int = 1
+    runtime: RuntimeOptions = RuntimeOptions()
 
     def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
-        runner = Runner(self.store, self.device, self.data_dir, self.data)
+        runner = Runner(self.store, self.device, self.data_dir, self.data, self.runtime)
         return runner.run(cells, force, MatrixProgress(len(cells), self.workers))
 
 
-def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool) -> CellOutcome:
+def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool,
+                   runtime: RuntimeOptions = RuntimeOptions()) -> CellOutcome:
     """The body of one Ray task: a fresh Runner in the worker process, on the shared store."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bench.provenance import resolve_device
 
-    return Runner(Store(results), resolve_device(device), data_dir).run_cell(cell, force)
+    return Runner(Store(results), resolve_device(device), data_dir, runtime=runtime).run_cell(cell, force)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class RayExecutor:
     gpus_per_cell: float | None = None  # None: 1 when the cluster has GPUs and device is not cpu, else 0
     max_retries: int = 3
     init_kwargs: dict | None = None  # extra ray.init arguments (tests: num_cpus=2)
+    runtime: RuntimeOptions = RuntimeOptions()
 
     def _gpus(self, ray) -> float:
         if self.gpus_per_cell is not None:
@@ -90,7 +94,7 @@ class RayExecutor:
             progress = MatrixProgress(len(cells), workers)
             pending = {}
             for cell in cells:
-                pending[task.remote(cell, results, self.device, data_dir, force)] = cell
+                pending[task.remote(cell, results, self.device, data_dir, force, self.runtime)] = cell
                 progress.start(cell.label, "submitted")
             outcomes: dict[str, CellOutcome] = {}
             while pending:

@@ -31,7 +31,7 @@ from bench.progress import CellProgress, MatrixProgress
 from bench.provenance import provenance
 from bench.status import ATTEMPTS, is_complete  # noqa: F401
 from bench.store import DONE, FAILED, TRAINED, Store, read_json, write_json
-from bench.train import train_run
+from bench.train import RuntimeOptions, train_run
 
 log = logging.getLogger(__name__)
 Status = Literal["done", "skipped", "failed", "busy"]
@@ -67,8 +67,8 @@ def record_attempt(run_dir: Path, phase: str, from_epoch: int) -> None:
 
 class Runner:
     def __init__(self, store: Store, device: torch.device, data_dir: str | None = None,
-                 data: dict[tuple, DataBundle] | None = None):
-        self.store, self.device, self.data_dir = store, device, data_dir
+                 data: dict[tuple, DataBundle] | None = None, runtime: RuntimeOptions = RuntimeOptions()):
+        self.store, self.device, self.data_dir, self.runtime = store, device, data_dir, runtime
         self._data: dict[tuple, DataBundle] = dict(data or {})  # preloaded by the CLI's presence check
 
     def data_for(self, cell: Cell) -> DataBundle:
@@ -105,7 +105,7 @@ class Runner:
             progress = CellProgress(cell.label, cell.train.epochs)
             try:
                 if not trained:
-                    train_run(cell.train, data, run_dir, self.device, progress.callbacks())
+                    train_run(cell.train, data, run_dir, self.device, progress.callbacks(), self.runtime)
                     self.store.mark(run_id, TRAINED, {"seconds": time.perf_counter() - t0})
                 evaluate_run(self.store, run_id, cell.eval, data.test, self.device, progress.on_attack)
             finally:

@@ -40,3 +40,27 @@ def test_bad_input_is_refused_before_any_work(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not results.exists()
+
+
+def test_learning_rate_defaults_and_linear_scaling():
+    from bench.matrix import learning_rate
+
+    assert learning_rate(None, "small-cnn", 128) == 0.05 and learning_rate(None, "resnet18", 128) == 0.1
+    assert learning_rate(0.1, "resnet18", 512, "linear") == pytest.approx(0.4)
+    assert learning_rate(0.2, "small-cnn", 64, "none") == 0.2
+
+
+def test_gpu_path_flags_reach_the_run(tmp_path):
+    """bf16 is part of the run identity; channels_last is a runtime option, recorded in the history only."""
+    import json
+
+    results = tmp_path / "r"
+    args = ["run", "--dataset", "synthetic", "--train-subset", "64", "--val-size", "32", "--test-subset", "16",
+            "--epochs", "1", "--attack-steps", "2", "--eval-attacks", "natural", "--results", str(results),
+            "--precision", "bf16", "--channels-last", "--lr-scale", "linear", "--batch-size", "32", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (results / "runs").iterdir()
+    train = json.loads((run_dir / "config.json").read_text())["train"]
+    assert train["precision"] == "bf16" and train["lr"] == pytest.approx(0.05 * 32 / 128)
+    assert json.loads((run_dir / "history.json").read_text())[0]["channels_last"] is True
