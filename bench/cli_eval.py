@@ -159,17 +159,17 @@ def _evaluate(store, jobs, data_dir, device) -> None:
 
 
 def _print_summary(rows: list[dict]) -> None:
-    """One line per (run, checkpoint, threat model, eps): accuracy per attack, then the flagged guards."""
-    lines: dict[tuple, list[str]] = {}
+    """One line per (run, checkpoint, threat model, eps, n): accuracy per attack, then the flagged guards."""
+    cells: dict[tuple, list[str]] = {}
     flagged: dict[tuple, set[str]] = {}
     for r in rows:
         key = (r["run_id"], r["checkpoint"], r["threat_model"], r["eval_eps"], r["n_eval"])
-        lines.setdefault(key, []).append(f"{r['eval_attack']} {r['accuracy']:.4f}")
+        cells.setdefault(key, []).append(f"{r['eval_attack']} {r['accuracy']:.4f}")
         flagged.setdefault(key, set()).update(f for f in r.get("guards_flagged", "").split(",") if f)
-    for (run_id, ckpt, tm, eps, n), cells in lines.items():
-        flags = f"  guards flagged: {','.join(sorted(flagged[(run_id, ckpt, tm, eps, n)]))}" if flagged[
-            (run_id, ckpt, tm, eps, n)] else ""
-        click.echo(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(cells)}{flags}")
+    for key, line in cells.items():
+        run_id, ckpt, tm, eps, n = key
+        flags = f"  guards flagged: {','.join(sorted(flagged[key]))}" if flagged[key] else ""
+        click.echo(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(line)}{flags}")
 
 
 @click.command(name="export")
