@@ -12,8 +12,7 @@ DEMO_ARGS ?= --methods at,irat,lrat --train-attack pgd --train-subset 4096 --tes
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

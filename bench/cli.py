@@ -79,6 +79,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--val-size", type=int, default=512, show_default=True, help="Validation split carved from training.")
 @click.option("--test-subset", type=int, default=None, help="Test points to evaluate (class-balanced; first N on CIFAR).")
 @click.option("--eval-batch-size", type=int, default=256, show_default=True)
+@click.option("--checkpoints", default="best,last", show_default=True,
+              help="Checkpoints to evaluate (best on the validation split, last); `bench eval` adds the other later.")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))

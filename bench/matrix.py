@@ -101,6 +101,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "batch_size": ("eval_batch_size", _int, "an integer"),
         "threat_model": ("threat_model", lambda v: v in ("linf", "l2"), "\"linf\" or \"l2\""),
         "eps": ("eval_eps", _eps, "a number or a string such as \"8/255\""),
+        "checkpoints": ("checkpoints", _str_list, "a list of \"best\" and/or \"last\""),
     },
 }
 PARAMS_SECTION = "method_params"
@@ -302,6 +303,10 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
             method.check_attacks(tuple(a.split("+")), kappa)
         method_list.append((m, _params_dict(method.params)))
     threat_model = values["threat_model"]
+    checkpoints = tuple(dict.fromkeys(lookup("checkpoint", c, {"best": "best", "last": "last"})
+                                      for c in split_list(values["checkpoints"])))
+    if not checkpoints:
+        raise UsageError("--checkpoints is empty.")
     cells = []
     for info in datasets:
         eps = parse_eps(values["eps"]) if values["eps"] is not None else (0.1 if info.image_size == 28 else 8 / 255)
@@ -309,7 +314,7 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
         eval_eps = (parse_eps(values["eval_eps"], threat_model) if values["eval_eps"] is not None
                     else _default_eval_eps(info.name, threat_model))
         ecfg = EvalConfig(attacks=suite, eps=eval_eps, threat_model=threat_model, test_subset=values["test_subset"],
-                          batch_size=values["eval_batch_size"])
+                          batch_size=values["eval_batch_size"], checkpoints=checkpoints)
         for model in models or ["small-cnn" if info.image_size == 28 else "resnet18"]:
             base = TrainConfig(method="at", train_attack="pgd", dataset=info.name, model=model, eps=eps,
                                attack_steps=values["attack_steps"], attack_step_size=step,

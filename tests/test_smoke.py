@@ -1,6 +1,8 @@
 """The CI smoke benchmark: the real pipeline on a tiny real Fashion-MNIST subset, then the report.
 Asserts invariants only (never exact accuracies): a row per run x checkpoint x eval attack, accuracy ordered
-natural >= pgd20 >= aa up to noise, the LaTeX table names every method."""
+natural >= pgd20 >= aa up to noise, the LaTeX table names every method. Only the last checkpoint is evaluated:
+AutoAttack costs about a minute and a half per call on 2 CPU cores whatever the number of points (FAB-T's and
+Square's iterations dominate), and the smoke is about the pipeline, not the checkpoint choice."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +16,9 @@ from bench.data import DEBIAN_FASHION_MNIST
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DEBIAN_FASHION_MNIST.exists(),
                                                    reason="Debian's dataset-fashion-mnist is not installed")]
 ATTACKS = ["natural", "pgd20", "cw20", "aa"]
+ARGS = ["--methods", "at,irat,lrat", "--train-attack", "pgd", "--dataset", "fashion-mnist", "--train-subset", "512",
+        "--val-size", "128", "--test-subset", "64", "--epochs", "1", "--eval-attacks", ",".join(ATTACKS),
+        "--checkpoints", "last"]
 
 
 def bench(*args):
@@ -22,16 +27,14 @@ def bench(*args):
 
 def test_smoke_benchmark_end_to_end(tmp_path):
     results, reports = tmp_path / "results", tmp_path / "reports"
-    run = bench("run", "--methods", "at,irat,lrat", "--train-attack", "pgd", "--dataset", "fashion-mnist",
-                "--train-subset", "512", "--val-size", "128", "--test-subset", "64", "--epochs", "1",
-                "--eval-attacks", ",".join(ATTACKS), "--results", str(results))
+    run = bench("run", *ARGS, "--results", str(results))
     assert run.returncode == 0, run.stderr[-3000:]
-    rep = bench("report", "--results", str(results), "--out", str(reports))
+    rep = bench("report", "--results", str(results), "--out", str(reports), "--checkpoint", "last")
     assert rep.returncode == 0, rep.stderr[-3000:]
 
     rows = list(csv.DictReader(open(reports / "results.csv")))
     cells = {(r["method"], r["checkpoint"]) for r in rows}
-    assert cells == {(m, c) for m in ("at", "gairat", "lrat") for c in ("best", "last")}
+    assert cells == {(m, "last") for m in ("at", "gairat", "lrat")}
     for method, ckpt in cells:
         acc = {r["eval_attack"]: float(r["accuracy"]) for r in rows if (r["method"], r["checkpoint"]) == (method, ckpt)}
         assert set(ATTACKS) <= set(acc)
@@ -45,7 +48,5 @@ def test_smoke_benchmark_end_to_end(tmp_path):
     assert all(label in tex for label in ("AT", "GAIRAT", "LRAT")) and r"\toprule" in tex
     assert any(p.suffix == ".png" for p in reports.iterdir())
 
-    again = bench("run", "--methods", "at,irat,lrat", "--train-attack", "pgd", "--dataset", "fashion-mnist",
-                  "--train-subset", "512", "--val-size", "128", "--test-subset", "64", "--epochs", "1",
-                  "--eval-attacks", ",".join(ATTACKS), "--results", str(results))
+    again = bench("run", *ARGS, "--results", str(results))
     assert again.returncode == 0 and "3 already finished" in again.stderr  # nothing retrained
