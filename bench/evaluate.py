@@ -39,7 +39,12 @@ AA_NAMES = ("aa",) + AA_COMPONENTS
 GROUP_COLUMNS = ("n_examples", "test_points", "points_sha")  # shared by every row of a group
 
 
-def is_seen(eval_attack: str, train_attack: str) -> bool:
+def is_seen(eval_attack: str, train_attack: str, threat_model: str = "linf", eval_eps: float | None = None,
+            train_eps: float | None = None) -> bool:
+    """The eval attack was simulated in training: same attack family, and the same threat model and budget
+    (every training attack is L-inf at the training eps; an L2 or larger-eps evaluation is unseen)."""
+    if threat_model != "linf" or (eval_eps is not None and train_eps is not None and abs(eval_eps - train_eps) > 1e-9):
+        return False
     trained = set(train_attack.split("+"))
     return bool(trained & set(EVAL_ATTACKS[eval_attack].trained_by)) if eval_attack in EVAL_ATTACKS else False
 
@@ -68,7 +73,7 @@ def make_row(config: dict[str, Any], checkpoint: str, checkpoint_epoch: int | No
            "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch, "eval_attack": attack,
            "eval_eps": eval_eps, "threat_model": ecfg.threat_model, "n_eval": n,
            "n_robust": int(sum(bool(f) for f in flags)), "eval_seed": ecfg.seed, "eval_precision": ecfg.precision,
-           "seen": is_seen(attack, train["train_attack"]), "eval_seconds": seconds,
+           "seen": is_seen(attack, train["train_attack"], ecfg.threat_model, eval_eps, train["eps"]), "eval_seconds": seconds,
            "warnings": " | ".join(dict.fromkeys(warnings)), "schema_version": SCHEMA_VERSION, **prov,
            **(extra or {})}
     row["accuracy"] = row["n_robust"] / n if n else float("nan")

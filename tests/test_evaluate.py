@@ -307,3 +307,13 @@ def test_eval_command_leaves_a_run_locked_by_another_process_alone(stored):
         result = invoke("--results", str(store.root), "--eval-attacks", "natural", "--test-subset", "8")
     assert result.exit_code == 1 and "BUSY" in result.output
     assert not (store.run_dir(run_id) / "evals").exists()
+
+
+def test_seen_means_the_same_attack_family_threat_model_and_budget():
+    from bench.evaluate import is_seen
+
+    assert is_seen("pgd20", "pgd") and is_seen("aa", "saa+cw") and is_seen("cw20", "saa+cw")
+    assert not is_seen("cw20", "pgd") and not is_seen("natural", "pgd") and not is_seen("worst", "pgd")
+    assert not is_seen("pgd20", "pgd", threat_model="l2")  # training attacks are L-inf
+    assert not is_seen("pgd20", "pgd", "linf", eval_eps=0.2, train_eps=0.1)  # a larger budget was never simulated
+    assert is_seen("pgd20", "pgd", "linf", eval_eps=0.1, train_eps=0.1)
