@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +106,9 @@ class Setting:
     histories: dict[str, list[dict[str, Any]]] = field(repr=False)
     slug: str = ""
     filters: str = ""  # the --methods / --train-attack filters, named in every caption
+    # (run_id, eval attack) -> {guard: reason} of the guards that flagged the row ({} when none did), or None
+    # when the row predates the guards (not checked); see `row_guards`
+    guards: dict[tuple[str, str], dict[str, str] | None] = field(default_factory=dict, repr=False)
 
     def describe(self, tex: bool) -> str:
         """The selection, for every caption (LaTeX) and for summary.md (Markdown)."""
@@ -119,6 +122,19 @@ class Setting:
 
     def variant(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
+
+
+def row_guards(row: Mapping[str, Any]) -> dict[str, str] | None:
+    """{guard: reason} of the guards that flagged a stored row, in `guards_flagged` order ({} when none did);
+    None for a row written before the guards existed (no `guard_<name>` column and no `guards_flagged`).
+    Cells are "ok", "flag: <why>" or "skip: <why>" (bench/guards.py); a DataFrame gives NaN for a missing one."""
+    values = {k[len("guard_"):]: v for k, v in row.items() if k.startswith("guard_") and isinstance(v, str)}
+    listed = row.get("guards_flagged")
+    if not values and not isinstance(listed, str):
+        return None
+    names = ([n for n in listed.split(",") if n] if isinstance(listed, str)
+             else [n for n, v in values.items() if v.startswith("flag")])
+    return {n: values.get(n, "").partition(":")[2].strip() for n in names}
 
 
 def _canonical_train_attack(name: str) -> str:
@@ -262,13 +278,14 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
         run_ids = {r for v in kept for r in v.run_ids}
         used = run_rows[run_rows.run_id.isin(run_ids)]
         flags = dict(zip(zip(used.run_id, used.eval_attack), flag_matrix(list(used["flags"]))))
+        guards = {(r["run_id"], r["eval_attack"]): row_guards(r) for r in used.to_dict("records")}
         slug = "" if len(groups) == 1 else (f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}"
                                             + (f"-{sha[:8]}" if sha else ""))
         settings.append(Setting(dataset=dataset, model=model, threat_model=threat, eps=float(eps), n_points=int(n),
                                 checkpoint=sel.checkpoint, baseline=sel.baseline, variants=tuple(kept),
                                 attacks=tuple(attack_order(used.eval_attack.unique())), flags=flags,
                                 histories={r: store.history(r) for r in sorted(run_ids)}, slug=slug,
-                                filters=filters))
+                                filters=filters, guards=guards))
     return settings
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from bench import report_plots as plots
 from bench import report_tables as tables
 from bench.report import ATTACK_LABELS, METHOD_LABELS, Selection, Setting, baseline_for, tex_escape
-from bench.report_stats import cell_stats, gap_stats
+from bench.report_stats import cell_stats, gap_stats, guard_stats
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[T1]{fontenc}
 \usepackage{lmodern}
 \usepackage{booktabs}
+\usepackage{longtable}
 \usepackage{graphicx}
 \usepackage[font=small,labelfont=bf]{caption}
 \title{Adversarial training: seen versus unseen attacks}
@@ -85,6 +86,7 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
     cells = cell_stats(setting)
     baselines = [v for v in setting.variants if v.method == setting.baseline]
     gaps, per_attack = gap_stats(setting, lambda v: baseline_for(v, baselines))
+    guards = guard_stats(setting)
     hist = plots.history_frame(setting)
     base_name = METHOD_LABELS.get(setting.baseline, setting.baseline)
 
@@ -97,7 +99,9 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
 
     emit("table", tables.main_table_latex(cells, sel_tex, f"tab:main{s}", _baseline_note(setting, True)),
          tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False)), cells)
-    body_tex = [rf"\section*{{{sel_tex}}}", rf"\input{{table{s}.tex}}"]
+    emit("guards", tables.guard_table_latex(guards, sel_tex, f"tab:guards{s}"),
+         tables.guard_table_markdown(guards, sel_md), tables.guard_frame(guards))
+    body_tex = [rf"\section*{{{sel_tex}}}", rf"\input{{table{s}.tex}}", rf"\input{{guards{s}.tex}}"]
     body_md = [f"## {sel_md}", ""]
     if gaps.empty:
         log.warning("nothing to compare with the baseline %s in %s (absent, or the only method): no gap tables",
@@ -110,7 +114,8 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
              tables.attack_gap_markdown(per_attack, sel_md), per_attack)
         body_tex += [rf"\input{{gap_table{s}.tex}}", rf"\input{{attack_gaps{s}.tex}}"]
         body_md += ["**Answer** (gap to the baseline, 95% interval over test points):", "", *answer_lines(gaps), ""]
-    body_md += ["### Accuracy (%)", "", written[f"table{s}.md"].read_text()]
+    body_md += ["### Accuracy (%)", "", written[f"table{s}.md"].read_text(),
+                "### Guards", "", written[f"guards{s}.md"].read_text()]
     if not gaps.empty:
         body_md += ["### Gap to the baseline", "", written[f"gap_table{s}.md"].read_text(),
                     "### Gap per attack", "", written[f"attack_gaps{s}.md"].read_text()]

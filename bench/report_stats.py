@@ -125,7 +125,8 @@ def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str],
 
 def cell_stats(setting: Setting) -> pd.DataFrame:
     """One row per (variant, eval attack): accuracy % mean and std over seeds, the bootstrap 95% interval
-    over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column."""
+    over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column, and
+    `guards_flagged`: the guards that flagged any of the cell's rows (any seed), comma-separated, "" if none."""
     out = []
     for v in setting.variants:
         for a in setting.attacks:
@@ -134,14 +135,48 @@ def cell_stats(setting: Setting) -> pd.DataFrame:
                 continue
             mean, std = mean_std(m.mean(axis=1))
             lo, hi = bootstrap_ci(m.mean(axis=0))
+            flagged = [g for r in v.run_ids if (r, a) in setting.flags for g in (setting.guards.get((r, a)) or {})]
             out.append({"variant": v.label, "method": v.method, "train_attack": v.train_attack, "eval_attack": a,
                         "seen": a in v.seen, "mean": 100 * mean, "std": 100 * std, "ci_low": 100 * lo,
                         "ci_high": 100 * hi, "n_seeds": len(seeds), "n_points": m.shape[1],
-                        "reference": v.reference})
+                        "reference": v.reference, "guards_flagged": ",".join(dict.fromkeys(flagged))})
     df = pd.DataFrame(out)
     if not df.empty:
         df["best"] = best_in_column(df)
     return df
+
+
+GUARD_COLUMNS = ["variant", "method", "train_attack", "seed", "run_id", "checkpoint", "eval_attack", "guard",
+                 "reason"]
+
+
+@dataclass(frozen=True)
+class GuardSummary:
+    """The guards over a setting's stored rows (the derived `worst` rows excluded: they only merge the flags
+    of the rows they combine). `flagged`: one row per (result row, flagged guard), GUARD_COLUMNS;
+    `n_checked`: rows that carry guard columns; `n_unchecked`: rows written before the guards existed."""
+
+    flagged: pd.DataFrame
+    n_checked: int
+    n_unchecked: int
+
+
+def guard_stats(setting: Setting) -> GuardSummary:
+    out, checked, unchecked = [], 0, 0
+    for v in setting.variants:
+        for seed, run in zip(v.seeds, v.run_ids):
+            for a in setting.attacks:
+                if a == "worst" or (run, a) not in setting.flags:
+                    continue
+                guards = setting.guards.get((run, a))
+                if guards is None:
+                    unchecked += 1
+                    continue
+                checked += 1
+                out += [{"variant": v.label, "method": v.method, "train_attack": v.train_attack, "seed": seed,
+                         "run_id": run, "checkpoint": setting.checkpoint, "eval_attack": a, "guard": g,
+                         "reason": reason} for g, reason in guards.items()]
+    return GuardSummary(pd.DataFrame(out, columns=GUARD_COLUMNS), checked, unchecked)
 
 
 def best_in_column(cells: pd.DataFrame) -> pd.Series:

@@ -4,7 +4,9 @@
   eval attack, accuracy %, mean ± std over seeds, best per column bold, seen cells with a dagger), with the
   95% bootstrap interval over test points on a second line;
 - gap table: seen / unseen-mean / unseen-worst accuracy and the gap to the baseline, intervals, McNemar p;
-- per-attack gaps: the gap to the baseline under each eval attack, with McNemar significance marks.
+- per-attack gaps: the gap to the baseline under each eval attack, with McNemar significance marks;
+- guards: every evaluation guard (bench/guards.py) that flagged a row, with its reason, or one line saying none
+  fired; the main table marks the cells those rows feed with a section sign.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.report import ATTACK_LABELS, attack_order, tex_escape
-from bench.report_stats import best_in_column, significance
+from bench.report_stats import GUARD_COLUMNS, GuardSummary, best_in_column, significance
 
 SEEN_NOTE_TEX = r"$^\dagger$: the evaluation attack was simulated in training (seen)."
 SEEN_NOTE_MD = "†: the evaluation attack was simulated in training (seen)."
+GUARD_NOTE_TEX = r"\S: guard flagged: see the Guards table."
+GUARD_NOTE_MD = "§: guard flagged: see the Guards table."
 STARS_TEX = r"exact McNemar test against the baseline on the same test points: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
 STARS_MD = (r"exact McNemar test against the baseline on the same test points: \* p < 0.05, \*\* p < 0.01, "
             r"\*\*\* p < 0.001")
@@ -83,6 +87,12 @@ def _rows_in_order(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["variant"]))
 
 
+def _flagged(cell) -> bool:
+    """Whether a guard flagged any row of a main-table cell (`guards_flagged` of cell_stats; absent: no)."""
+    value = cell.get("guards_flagged", "")
+    return isinstance(value, str) and bool(value)
+
+
 # ---- main table ---------------------------------------------------------------------------------------------
 
 def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
@@ -101,8 +111,12 @@ def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
             mean = f"{c['mean']:.2f}"
             mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
             std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
-            dagger = ((r"$^\dagger$" if tex else " †") if c["seen"] else "")
-            row.append(mean + std + dagger)
+            if tex:
+                marks = (r"\dagger" if c["seen"] else "") + (r"\S" if _flagged(c) else "")
+                marks = "" if not marks else r"$^\dagger$" if marks == r"\dagger" else rf"$^{{{marks}}}$"
+            else:
+                marks = (" †" if c["seen"] else "") + (" §" if _flagged(c) else "")
+            row.append(mean + std + marks)
             sub.append(_interval(c["ci_low"], c["ci_high"], tex))
         rows.append(row)
         subs.append(sub)
@@ -116,9 +130,11 @@ def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: 
         seeds, points = seeds.replace("--", "–"), points.replace("--", "–")
     pm, pct = (r"$\pm$", r"\%") if tex else ("±", "%")
     below = "below it" if tex else "then"
+    guards = "guards_flagged" in cells and cells["guards_flagged"].map(lambda g: isinstance(g, str) and bool(g)).any()
+    guard_note = (" " + (GUARD_NOTE_TEX if tex else GUARD_NOTE_MD)) if guards else ""
     return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
             f"interval over the {points}. Bold: best in each column. "
-            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{baseline_note}")
+            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{guard_note}{baseline_note}")
 
 
 def main_table_latex(cells: pd.DataFrame, selection: str, label: str = "tab:main", baseline_note: str = "") -> str:
@@ -232,3 +248,85 @@ def attack_gap_latex(per_attack: pd.DataFrame, selection: str, label: str = "tab
 
 def attack_gap_markdown(per_attack: pd.DataFrame, selection: str) -> str:
     return attack_gap_grid(per_attack, tex=False).markdown(attack_gap_caption(per_attack, selection, False))
+
+
+# ---- guards -------------------------------------------------------------------------------------------------
+
+GUARD_HEADER = ["Method (train attack)", "Seed", "Checkpoint", "Eval attack", "Guard", "Reason"]
+
+
+def _tex_text(text: str) -> str:
+    """Free text (a guard's reason, possibly an AutoAttack warning) -> LaTeX text that always compiles."""
+    out = tex_escape(text).replace("^", r"\textasciicircum{}").replace("~", r"\textasciitilde{}")
+    return out.encode("ascii", "replace").decode("ascii")
+
+
+def _rows_text(n: int, verb: str = "") -> str:
+    return f"{n} row" + ("" if n == 1 else "s") + (f" {verb}{'s' if n == 1 else ''}" if verb else "")
+
+
+def guard_lines(guards: GuardSummary) -> list[dict]:
+    """The flagged guards, one line per (row of the table, seed, checkpoint, guard, reason), the eval attacks
+    that share them listed together (a model guard or a suite guard flags every attack of a checkpoint)."""
+    lines: dict[tuple, dict] = {}
+    for g in guards.flagged.to_dict("records"):
+        key = (g["variant"], g["seed"], g["checkpoint"], g["guard"], g["reason"])
+        lines.setdefault(key, {**g, "eval_attacks": []})["eval_attacks"].append(g["eval_attack"])
+    return list(lines.values())
+
+
+def _guard_counts(guards: GuardSummary) -> tuple[str, str]:
+    """('the 24 checked rows', 'no row predates the guards' / '4 rows predate the guards (not checked)')."""
+    checked = "the 1 checked row" if guards.n_checked == 1 else f"the {guards.n_checked} checked rows"
+    unchecked = ("no row predates the guards" if not guards.n_unchecked
+                 else f"{_rows_text(guards.n_unchecked, 'predate')} the guards (not checked)")
+    return checked, unchecked
+
+
+def guard_caption(guards: GuardSummary, selection: str, tex: bool) -> str:
+    rows = len(guards.flagged.drop_duplicates(["run_id", "checkpoint", "eval_attack"]))
+    checked, unchecked = _guard_counts(guards)
+    name = r"guard\_$<$name$>$" if tex else "`guard_<name>`"
+    return (f"Evaluation guards that flagged a result row on {selection}: {rows} of {checked}; {unchecked}. "
+            f"Reasons as stored in results.csv ({name}); the Worst column combines the other rows of a "
+            f"checkpoint and inherits their flags.")
+
+
+def guard_none_line(guards: GuardSummary, selection: str) -> str:
+    checked, unchecked = _guard_counts(guards)
+    return f"Guards on {selection}: no guard fired on {checked}; {unchecked}."
+
+
+def guard_table_latex(guards: GuardSummary, selection: str, label: str = "tab:guards") -> str:
+    """A longtable (it may run over pages: a flag must never fall off the page), or one line when none fired."""
+    if guards.flagged.empty:
+        return rf"\paragraph{{Guards.}} {guard_none_line(guards, selection)}" + "\n"
+    header = " & ".join(GUARD_HEADER) + r" \\"
+    lines = [r"\begingroup\small", r"\begin{longtable}{lrllp{0.18\linewidth}p{0.4\linewidth}}",
+             rf"\caption{{{guard_caption(guards, selection, True)}}}\label{{{label}}} \\",
+             r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
+             r"\bottomrule", r"\endlastfoot"]
+    for g in guard_lines(guards):
+        attacks = ", ".join(ATTACK_LABELS.get(a, a) for a in g["eval_attacks"])
+        lines.append(" & ".join([tex_escape(g["variant"]), str(g["seed"]), tex_escape(g["checkpoint"]),
+                                 tex_escape(attacks), tex_escape(g["guard"]), _tex_text(g["reason"])]) + r" \\")
+    lines += [r"\end{longtable}", r"\endgroup"]
+    return "\n".join(lines) + "\n"
+
+
+def guard_table_markdown(guards: GuardSummary, selection: str) -> str:
+    if guards.flagged.empty:
+        return guard_none_line(guards, selection) + "\n"
+    def cell(text) -> str:
+        return str(text).replace("|", r"\|").replace("\n", " ")
+    rows = [[cell(g["variant"]), str(g["seed"]), cell(g["checkpoint"]),
+             cell(", ".join(ATTACK_LABELS.get(a, a) for a in g["eval_attacks"])), cell(g["guard"]),
+             cell(g["reason"])] for g in guard_lines(guards)]
+    lines = ["| " + " | ".join(GUARD_HEADER) + " |", "|" + "|".join([":--", "--:"] + [":--"] * 4) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + f"\n\n{guard_caption(guards, selection, False)}\n"
+
+
+def guard_frame(guards: GuardSummary) -> pd.DataFrame:
+    """The CSV twin: one row per (result row, flagged guard); the header alone when none fired."""
+    return guards.flagged[GUARD_COLUMNS]

@@ -42,7 +42,7 @@ def test_standalone_document_compiles_and_includes_every_table_and_figure(store_
 
 def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
     written = write_report(store_root, tmp_path, Selection(compile_pdf=False))
-    expected = {f"{t}.{ext}" for t in ("table", "gap_table", "attack_gaps") for ext in ("tex", "md", "csv")}
+    expected = {f"{t}.{ext}" for t in ("table", "guards", "gap_table", "attack_gaps") for ext in ("tex", "md", "csv")}
     expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "gap", "curves", "weights") for ext in ("pdf", "png")}
     expected |= {"results.csv", "report.tex", "summary.md"}
     assert set(written) == expected and all(p.exists() for p in written.values())
