@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 # The README's example on the embedded default (Fashion-MNIST), sized for <= 15 minutes on 2 CPU cores.
-DEMO_ARGS ?= --methods at,irat,lrat --train-attack pgd --train-subset 4096 --test-subset 200 --epochs 10 --checkpoints best
+DEMO_ARGS ?= --methods at,irat,lrat --train-attack pgd --train-subset 4096 --test-subset 100 --epochs 8 --checkpoints best
 
 .PHONY: demo test install data clean
 
