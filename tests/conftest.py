@@ -22,6 +22,26 @@ class TinyNet(nn.Module):
 
 
 @pytest.fixture
+def one_thread():
+    """Small-tensor loops stall on thread barriers when the 2 cores are shared: use one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def linear():
+    """A linear model on 4x4 inputs and 8 points labelled by it: AutoAttack's per-iteration cost is the floor."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+@pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
     return TinyNet()

@@ -17,25 +17,7 @@ from bench.eval_attacks import (AA_COMPONENTS, EVAL_ATTACKS, PGD_NAMES, _natural
                                 run_attack_flags, run_eval_attack)
 from bench.guards import GuardFailure
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """AutoAttack's small-tensor loops stall on thread barriers when the 2 cores are shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def linear():
-    """A linear model on 4x4 inputs and 8 points labelled by it: AutoAttack's per-iteration cost is the floor."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
-    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -20,17 +20,11 @@ from bench.guards import ALL_GUARDS, GuardFailure
 from bench.models import build_model
 from bench.store import DONE, TRAINED, Store, decode_flags, eval_group, load_run, write_json
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = TrainConfig(method="at", train_attack="pgd", dataset="synthetic", model="small-cnn", eps=0.1, val_size=64,
                   train_subset=512, epochs=1)
 N = 48
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # small-tensor loops stall on thread barriers when the 2 cores are shared
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

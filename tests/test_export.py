@@ -13,7 +13,7 @@ import torch.nn as nn
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
 from test_eval_attacks import Fragile
-from test_evaluate import CFG, N, one_thread, suite, trained_state, write_run  # noqa: F401  (fixtures)
+from test_evaluate import CFG, N, suite, trained_state, write_run  # noqa: F401  (fixtures)
 
 from bench.autoattack_compat import install
 from bench.cli import main
@@ -25,15 +25,7 @@ assert install()  # before robustbench is first imported
 import robustbench.eval  # noqa: E402
 from robustbench.utils import ModelInfo  # noqa: E402
 
-
-@pytest.fixture
-def linear():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
-    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shim_is_the_autoattack_module_robustbench_imports():

@@ -15,15 +15,9 @@ from bench.guards import (ALL_GUARDS, GuardFailure, GuardResult, check_autoattac
                           check_square, check_zero_grad, columns, default_eps, merge_columns, monotone_tolerance)
 from bench.names import UsageError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STRENGTH = {a: info.strength for a, info in EVAL_ATTACKS.items()}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # small-tensor loops stall on thread barriers when the 2 cores are shared
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

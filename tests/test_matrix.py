@@ -137,16 +137,6 @@ def test_work_estimate_by_hand():
     assert hours(7200, 1.0) == 2.0 and hours(7200, None) is None
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thread barriers on 2 shared cores stall tiny models
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_dry_run_shows_finished_failed_and_pending_cells_with_the_work_left(tmp_path, monkeypatch, one_thread):
     import dataclasses
 

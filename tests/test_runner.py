@@ -25,12 +25,7 @@ TINY = ["--dataset", "synthetic", "--methods", "at", "--epochs", "1", "--train-s
         "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cell(seed: int = 0, attacks=("natural",), test_subset: int | None = 32) -> Cell:
