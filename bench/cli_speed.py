@@ -20,16 +20,19 @@ from bench.names import split_list
 @click.option("--eval-points", type=int, default=64, show_default=True)
 @click.option("--epoch-images", type=int, default=4096, show_default=True,
               help="Images in the real epoch used to measure the loop's overhead.")
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (warm-up absorbs compiling).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON here.")
 @usage_errors
 def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, steps, warmup, eval_points,
-          epoch_images, device, json_path):
+          epoch_images, channels_last, compile_model, device, json_path):
     """Measure plain vs adversarial training throughput, reweighting overhead and evaluation speed.
 
     \b
     Example:
-      bench speed --model resnet18 --dataset cifar10 --batch-size 512 --precision bf16 --json speed.json
+      bench speed --model resnet18 --dataset cifar10 --batch-size 512 --precision bf16 --channels-last --json speed.json
+      bench speed --model resnet18 --dataset cifar10 --batch-size 512 --precision bf16 --channels-last --compile
       bench speed --batch-size 32 --steps 2 --eval-points 16 --epoch-images 256   # tiny CI mode
     """
     from bench.config import parse_eps
@@ -48,5 +51,5 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
         methods=tuple(canonical_method(m) for m in split_list(methods)),
         train_attacks=tuple(parse_train_attack(a) for a in split_list(train_attacks)),
         eps=parse_eps(eps) if eps else (0.1 if info.image_size == 28 else 8 / 255), precision=precision,
-        eval_points=eval_points, epoch_images=epoch_images)
+        eval_points=eval_points, epoch_images=epoch_images, channels_last=channels_last, compile=compile_model)
     click.echo(format_table(run_speed(settings, resolve_device(device), json_path)))

@@ -28,7 +28,7 @@ from bench.data import DATASETS, DataBundle, Split
 from bench.eval_attacks import run_eval_attack
 from bench.models import build_model
 from bench.provenance import provenance
-from bench.train import autocast, train_run
+from bench.train import RuntimeOptions, autocast, train_run
 from bench.train_attacks import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
 from methods import StepContext, build_method
 
@@ -46,6 +46,8 @@ class SpeedSettings:
     precision: str = "fp32"
     eval_points: int = 64
     epoch_images: int = 1024  # images in the measured train_run epoch
+    channels_last: bool = False
+    compile: bool = False
 
 
 def _sync(device: torch.device) -> None:
@@ -90,9 +92,12 @@ def peak_memory_mb(device: torch.device) -> float:
 def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
     info = DATASETS[s.dataset]
     torch.manual_seed(0)
-    model = build_model(s.model, info.num_classes, info.in_channels, info.image_size).to(device)
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    base = build_model(s.model, info.num_classes, info.in_channels, info.image_size).to(device, memory_format=fmt)
+    model = torch.compile(base) if s.compile else base  # warm-up calls absorb the compilation
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = _synthetic_batch(s, device, s.batch_size)
+    x = x.contiguous(memory_format=fmt)
 
     def plain_loss():
         with autocast(device, s.precision):
@@ -127,7 +132,7 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
         for r in rows:
             if r["train_attack"] == attack:
                 r["overhead"] = at / r["images_per_s"] if at else None
-    return {"plain_images_per_s": plain, "rows": rows, **_eval_speed(s, model, device),
+    return {"plain_images_per_s": plain, "rows": rows, **_eval_speed(s, base, device),
             "epoch_overhead": _epoch_overhead(s, device, rows), "peak_memory_mb": peak_memory_mb(device)}
 
 
@@ -159,7 +164,8 @@ def _epoch_overhead(s: SpeedSettings, device, rows) -> dict[str, float] | None:
                       attack_step_size=s.eps / 4, epochs=1, batch_size=s.batch_size, val_size=128,
                       precision=s.precision, augment=info.augment)
     with tempfile.TemporaryDirectory() as tmp:
-        entry = train_run(cfg, data, Path(tmp), device)[-1]
+        entry = train_run(cfg, data, Path(tmp), device,
+                          runtime=RuntimeOptions(channels_last=s.channels_last, compile=s.compile))[-1]
     step_seconds = s.epoch_images / at["images_per_s"]
     return {"epoch_seconds": entry["seconds"], "step_seconds": step_seconds,
             "validation_and_checkpoint_seconds": entry["seconds"] - entry["train_seconds"],
@@ -176,7 +182,9 @@ def run_speed(s: SpeedSettings, device: torch.device, json_path: str | None = No
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"device: {result['device']['device']}, torch {result['device']['torch_version']}, "
-             f"{result['settings']['model']} bs {result['settings']['batch_size']} {result['settings']['precision']}",
+             f"{result['settings']['model']} bs {result['settings']['batch_size']} {result['settings']['precision']}"
+             f"{' channels_last' if result['settings']['channels_last'] else ''}"
+             f"{' compiled' if result['settings']['compile'] else ''}",
              f"plain training: {result['plain_images_per_s']:.1f} images/s",
              f"{'method':<8} {'attack':<8} {'K':>3} {'images/s':>9} {'R=P/A':>7} {'E':>6} {'O':>6}"]
     for r in result["rows"]:

@@ -13,7 +13,7 @@ def test_speed_tiny_mode_writes_consistent_json(tmp_path):
     out = tmp_path / "speed.json"
     result = CliRunner().invoke(main, ["speed", "--batch-size", "16", "--steps", "1", "--warmup", "1",
                                        "--methods", "at,gairat,lrat", "--train-attacks", "pgd,saa+cw",
-                                       "--eval-points", "8", "--epoch-images", "64", "--device", "cpu",
+                                       "--eval-points", "8", "--epoch-images", "64", "--device", "cpu", "--channels-last",
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -29,4 +29,5 @@ def test_speed_tiny_mode_writes_consistent_json(tmp_path):
     assert rows[("lrat", "pgd")]["overhead"] == rows[("at", "pgd")]["images_per_s"] / rows[("lrat", "pgd")]["images_per_s"]
     assert 0.0 <= data["epoch_overhead"]["outside_steps_fraction"] <= 1.0
     assert data["device"]["device"].startswith("cpu") and "torch_version" in data["device"]
-    assert "plain training" in result.output
+    assert "plain training" in result.output and "channels_last" in result.output
+    assert data["settings"]["channels_last"] is True and data["settings"]["compile"] is False
