@@ -9,7 +9,6 @@ import re
 
 import pytest
 import torch
-import torch.nn as nn
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
 from test_eval_attacks import Fragile
