@@ -95,31 +95,40 @@ def _flagged(cell) -> bool:
 
 # ---- main table ---------------------------------------------------------------------------------------------
 
+def _grid_rows(frame: pd.DataFrame, attacks: list[str], lead, cell) -> tuple[list[list[str]], list[list[str]]]:
+    """Rows of a variant x eval-attack grid: `lead(variant)` opens each row, `cell(c) -> (text, interval)` fills
+    it, and "--" stands where the variant was not evaluated under that attack."""
+    index = frame.set_index(["variant", "eval_attack"])
+    rows, subs = [], []
+    for variant in _rows_in_order(frame):
+        row = lead(variant)
+        sub = [""] * len(row)
+        for a in attacks:
+            text, interval = cell(index.loc[(variant, a)]) if (variant, a) in index.index else ("--", "")
+            row.append(text)
+            sub.append(interval)
+        rows.append(row)
+        subs.append(sub)
+    return rows, subs
+
+
 def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
     attacks = attack_order(cells["eval_attack"].unique())
     header = ["Method (train attack)"] + [ATTACK_LABELS.get(a, a) for a in attacks]
-    index = cells.assign(best=best_in_column(cells)).set_index(["variant", "eval_attack"])
-    rows, subs = [], []
-    for variant in _rows_in_order(cells):
-        row, sub = [tex_escape(variant) if tex else variant], [""]
-        for a in attacks:
-            if (variant, a) not in index.index:
-                row.append("--")
-                sub.append("")
-                continue
-            c = index.loc[(variant, a)]
-            mean = f"{c['mean']:.2f}"
-            mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
-            std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
-            if tex:
-                marks = (r"\dagger" if c["seen"] else "") + (r"\S" if _flagged(c) else "")
-                marks = "" if not marks else r"$^\dagger$" if marks == r"\dagger" else rf"$^{{{marks}}}$"
-            else:
-                marks = (" †" if c["seen"] else "") + (" §" if _flagged(c) else "")
-            row.append(mean + std + marks)
-            sub.append(_interval(c["ci_low"], c["ci_high"], tex))
-        rows.append(row)
-        subs.append(sub)
+
+    def cell(c):
+        mean = f"{c['mean']:.2f}"
+        mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
+        std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
+        if tex:
+            marks = (r"\dagger" if c["seen"] else "") + (r"\S" if _flagged(c) else "")
+            marks = "" if not marks else r"$^\dagger$" if marks == r"\dagger" else rf"$^{{{marks}}}$"
+        else:
+            marks = (" †" if c["seen"] else "") + (" §" if _flagged(c) else "")
+        return mean + std + marks, _interval(c["ci_low"], c["ci_high"], tex)
+
+    rows, subs = _grid_rows(cells.assign(best=best_in_column(cells)), attacks,
+                            lambda v: [tex_escape(v) if tex else v], cell)
     return Grid(header, rows, subs)
 
 
@@ -130,7 +139,7 @@ def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: 
         seeds, points = seeds.replace("--", "–"), points.replace("--", "–")
     pm, pct = (r"$\pm$", r"\%") if tex else ("±", "%")
     below = "below it" if tex else "then"
-    guards = "guards_flagged" in cells and cells["guards_flagged"].map(lambda g: isinstance(g, str) and bool(g)).any()
+    guards = any(_flagged(c) for _, c in cells.iterrows())
     guard_note = (" " + (GUARD_NOTE_TEX if tex else GUARD_NOTE_MD)) if guards else ""
     return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
             f"interval over the {points}. Bold: best in each column. "
@@ -208,27 +217,21 @@ def gap_table_markdown(gaps: pd.DataFrame, selection: str) -> str:
 def attack_gap_grid(per_attack: pd.DataFrame, tex: bool) -> Grid:
     attacks = attack_order(per_attack["eval_attack"].unique())
     header = ["Method (train attack)", "Baseline"] + [ATTACK_LABELS.get(a, a) for a in attacks]
-    index = per_attack.set_index(["variant", "eval_attack"])
-    rows, subs = [], []
-    for variant in _rows_in_order(per_attack):
+
+    def lead(variant):
         base = per_attack.loc[per_attack["variant"] == variant, "baseline"].iloc[0]
-        row = [tex_escape(variant), tex_escape(base)] if tex else [variant, base]
-        sub = ["", ""]
-        for a in attacks:
-            if (variant, a) not in index.index:
-                row.append("--")
-                sub.append("")
-                continue
-            c = index.loc[(variant, a)]
-            stars = significance(c["p"])
-            if tex:
-                marks = stars + (r"\dagger" if c["seen"] else "")
-                row.append(rf"${c['gap']:+.2f}^{{{marks}}}$" if marks else _signed(c["gap"], tex))
-            else:  # escaped: a bare * is emphasis in Markdown
-                row.append(_signed(c["gap"], tex) + stars.replace("*", r"\*") + (" †" if c["seen"] else ""))
-            sub.append(_interval(c["gap_low"], c["gap_high"], tex))
-        rows.append(row)
-        subs.append(sub)
+        return [tex_escape(variant), tex_escape(base)] if tex else [variant, base]
+
+    def cell(c):
+        stars = significance(c["p"])
+        if tex:
+            marks = stars + (r"\dagger" if c["seen"] else "")
+            text = rf"${c['gap']:+.2f}^{{{marks}}}$" if marks else _signed(c["gap"], tex)
+        else:  # escaped: a bare * is emphasis in Markdown
+            text = _signed(c["gap"], tex) + stars.replace("*", r"\*") + (" †" if c["seen"] else "")
+        return text, _interval(c["gap_low"], c["gap_high"], tex)
+
+    rows, subs = _grid_rows(per_attack, attacks, lead, cell)
     return Grid(header, rows, subs)
 
 
