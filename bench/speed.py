@@ -27,6 +27,7 @@ from bench.config import TrainConfig
 from bench.data import DATASETS, DataBundle, Split
 from bench.eval_attacks import run_eval_attack
 from bench.models import build_model
+from bench.names import UsageError
 from bench.provenance import provenance
 from bench.train import RuntimeOptions, autocast, train_run
 from bench.train_attacks import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
@@ -114,8 +115,9 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
         k = attack_steps_per_example(cfg)
         for name in s.methods:
             method = build_method(name, {"burn_in": 0.0} if name in ("gairat", "irat", "mail") else {})
-            if len(cfg.attack_names) > method.max_attacks or (
-                    method.needs_kappa and not all(TRAIN_ATTACKS[a].has_kappa for a in cfg.attack_names)):
+            try:  # the same refusal `bench run` gives: skip pairs the method cannot take
+                method.check_attacks(cfg.attack_names, {a: info.has_kappa for a, info in TRAIN_ATTACKS.items()})
+            except UsageError:
                 continue
 
             def adv_loss(method=method, ctx=ctx):
