@@ -78,13 +78,6 @@ class TrainConfig:
     def attack_names(self) -> tuple[str, ...]:
         return tuple(self.train_attack.split("+"))
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        kwargs["lr_milestones"] = tuple(kwargs.get("lr_milestones", (0.6, 0.9)))
-        return cls(**kwargs)
-
 
 @dataclass(frozen=True)
 class EvalConfig:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bench.matrix import Cell
 from bench.names import UsageError
@@ -27,7 +27,6 @@ from bench.train import RuntimeOptions
 from bench.store import FAILED, Store, write_json
 
 log = logging.getLogger(__name__)
-ExecutorName = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,6 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -57,8 +55,6 @@ class BasicBlock(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
