@@ -226,12 +226,14 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dev = x.device
-    off_y = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
-    off_x = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    # Drawn where x lives (no host-to-device copy per batch) unless a CPU generator is given (tests).
+    rand_dev = "cpu" if generator is not None else dev
+    off_y = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=rand_dev).to(dev)
+    off_x = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=rand_dev).to(dev)
     rows = (off_y[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None]
     cols = (off_x[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :]
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     out = padded[batch, chan, rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    flip = (torch.rand(n, generator=generator, device=rand_dev) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], out.flip(3), out)

@@ -113,6 +113,7 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
                 continue
             if model is None:
                 model, _ = load_run(store.run_dir(run_id), ckpt, str(device))
+                model.requires_grad_(False)  # attacks need input gradients only
                 model_guards = check_model(model, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)
                 for g in model_guards:
                     if g.status == "flag":

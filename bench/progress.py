@@ -20,7 +20,8 @@ class CellProgress:
         if self.bar is None:
             self.bar = tqdm(total=self.epochs * n_batches, initial=epoch * n_batches, desc=self.label,
                             leave=False, disable=None, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs} loss {loss:.3f}", refresh=False)
+        shown = "" if loss != loss else f" loss {loss:.3f}"  # NaN: not read back from the GPU yet
+        self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs}{shown}", refresh=False)
         self.bar.update(1)
 
     def _on_epoch(self, e: dict) -> None:

@@ -25,6 +25,7 @@ from bench.store import atomic_path, write_json
 from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
 from methods import StepContext, build_method
 
+SYNC_EVERY = 25  # GPU: batches between reads of the loss (NaN check, progress)
 LOW_WEIGHT = 0.2  # the LRAT paper's Fig. 1a threshold
 HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]  # 0.0 .. 4.0, plus an overflow bin
 
@@ -64,7 +65,7 @@ def milestones(cfg: TrainConfig) -> list[int]:
 def weight_stats(weights: list[torch.Tensor]) -> dict[str, Any]:
     if not weights:
         return {}
-    w = torch.cat(weights).double()
+    w = torch.cat(weights).double().cpu()
     # bin i holds [edge_i, edge_i+1); the last bin everything >= 4.0
     bins = torch.bucketize(w, torch.tensor(HIST_EDGES[1:], dtype=torch.float64), right=True)
     counts = torch.bincount(bins, minlength=len(HIST_EDGES))
@@ -138,12 +139,13 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     n = len(train_y)
     n_batches = math.ceil(n / cfg.batch_size)
+    sync_every = 1 if device.type == "cpu" else SYNC_EVERY
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         ctx = StepContext(attacks=attacks, attack_names=cfg.attack_names, epoch=epoch, epochs=cfg.epochs,
                           bn_mode=cfg.attack_bn_mode, make_attack=lambda name: TRAIN_ATTACKS[name].build(cfg))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
-        loss_sum, weights = 0.0, []
+        loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
         model.train()
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -153,22 +155,25 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             x = x.contiguous(memory_format=memory_format)
             with autocast(device, cfg.precision):
                 out = method.loss(step_model, x, y, ctx)
-            if not torch.isfinite(out.loss):
-                raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
-            loss_sum += out.loss.item() * len(y)
+            # Summed on the device: reading a loss back stalls a GPU, so it is read once per SYNC_EVERY batches.
+            loss_sum += out.loss.detach().double() * len(y)
             if out.weights is not None:
-                weights.append(out.weights.float().cpu())
+                weights.append(out.weights.float())
+            if (b + 1) % sync_every == 0 or b + 1 == n_batches:
+                if not torch.isfinite(loss_sum):
+                    raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
+                shown_loss = out.loss.item()
             if cb.on_batch:
-                cb.on_batch(epoch, b, n_batches, out.loss.item())
+                cb.on_batch(epoch, b, n_batches, shown_loss)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_s = time.perf_counter() - t0
         val_nat = accuracy_flags(model, data.val, device).float().mean().item()
         val_pgd = accuracy_flags(model, data.val, device, val_attack).float().mean().item()
-        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n, "val_natural": val_nat,
+        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / n, "val_natural": val_nat,
                  "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
                  "reweighting": bool(weights), "channels_last": runtime.channels_last, "compile": runtime.compile,
                  **weight_stats(weights)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,11 +35,27 @@ class StepOutput:
     weights: torch.Tensor | None = None  # detached weights actually applied, for the history's statistics
 
 
+@contextmanager
+def frozen_weights(model: torch.nn.Module):
+    """Weights' requires_grad off while an attack runs: its backward passes then compute input gradients
+    only (a compiled model gets a graph without weight gradients; eager autograd saves less)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def run_attack(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, bn_mode: str) -> AttackResult:
-    """Run a training attack in the recorded BN mode, then put the model back in train mode (explicitly)."""
+    """Run a training attack in the recorded BN mode with frozen weights, then put the model back in train
+    mode (explicitly)."""
     model.train(bn_mode == "train")
     try:
-        return attack(model, x, y)
+        with frozen_weights(model):
+            return attack(model, x, y)
     finally:
         model.train(True)
 
