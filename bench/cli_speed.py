@@ -18,14 +18,15 @@ from bench.names import split_list
 @click.option("--steps", type=int, default=5, show_default=True, help="Timed iterations per figure.")
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--eval-points", type=int, default=64, show_default=True)
+@click.option("--eval-attacks", default="pgd20,aa", show_default=True, help="Evaluation attacks to time ('' for none).")
 @click.option("--epoch-images", type=int, default=4096, show_default=True,
-              help="Images in the real epoch used to measure the loop's overhead.")
+              help="Images in the real epoch used to measure the loop's overhead (0: skip it).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory layout.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (warm-up absorbs compiling).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON here.")
 @usage_errors
-def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, steps, warmup, eval_points,
+def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, steps, warmup, eval_points, eval_attacks,
           epoch_images, channels_last, compile_model, device, json_path):
     """Measure plain vs adversarial training throughput, reweighting overhead and evaluation speed.
 
@@ -37,6 +38,7 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
     """
     from bench.config import parse_eps
     from bench.data import DATASETS
+    from bench.eval_attacks import EVAL_ATTACKS
     from bench.models import MODELS
     from bench.names import lookup
     from bench.provenance import resolve_device
@@ -45,11 +47,16 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
     from methods import canonical_method
 
     info = lookup("dataset", dataset, DATASETS)
+    eval_names = split_list(eval_attacks)
+    for name in eval_names:
+        lookup("eval attack", name, EVAL_ATTACKS)
     lookup("model", model, MODELS)
     settings = SpeedSettings(
         model=model, dataset=info.name, batch_size=batch_size, steps=steps, warmup=warmup,
         methods=tuple(canonical_method(m) for m in split_list(methods)),
         train_attacks=tuple(parse_train_attack(a) for a in split_list(train_attacks)),
         eps=parse_eps(eps) if eps else (0.1 if info.image_size == 28 else 8 / 255), precision=precision,
-        eval_points=eval_points, epoch_images=epoch_images, channels_last=channels_last, compile=compile_model)
+        eval_points=eval_points,
+        eval_attacks=eval_names,
+        epoch_images=epoch_images, channels_last=channels_last, compile=compile_model)
     click.echo(format_table(run_speed(settings, resolve_device(device), json_path)))
