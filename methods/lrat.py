@@ -7,7 +7,8 @@ For m training attacks j (m = 1 for `cw`, 2 for `saa+cw`), per instance i:
 then every coefficient of the batch is divided by one shared Z = mean_i([C - sum_j w_ij]_+ + sum_j w_ij)
 (Eq. 15), so the mean per-instance total is 1: weights move only inside each (instance, variants) pair, and
 no instance is dropped. [choice] x* (the anchor) is the natural x by default (`anchor=pgd|saa` attack it);
-[choice] t comes from the train-mode logits used for the loss, as MAIL does.
+[choice] t comes from the train-mode logits used for the loss, as MAIL does; [choice] the anchor pass
+covers only the instances whose weights sum below C, in the attack's BN mode (see `LRAT.loss`).
 
 `lsat` ("locally simulated AT") is the same objective with all w = 1: for one attack it equals `at`.
 """
@@ -72,10 +73,20 @@ class LRAT(Method):
         logits = [model(v) for v in variants]
         anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting)
         per_example = sum(coefs[:, j] * ce_loss(z, y) for j, z in enumerate(logits))
-        # The anchor's forward pass is skipped when no instance needs it (always for LSAT, so LSAT-pgd == AT).
-        if bool((anchor_coef > 0).any()):
-            x_star = x if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), x, y, ctx.bn_mode).x_adv
-            per_example = per_example + anchor_coef * ce_loss(model(x_star), y)
+        # [choice] The anchor term is computed only for the instances that need it (sum_j w_ij < C: for one attack
+        # at the defaults, t > 0.9975, a few per batch at most), in the attack's BN mode: a handful of inputs
+        # then neither sets the batch statistics of a train-mode pass nor moves the running ones, and the extra
+        # pass costs k/n of a step instead of a whole one. Never needed for LSAT, so LSAT-pgd == AT.
+        need = (anchor_coef > 0).nonzero().squeeze(1)  # one host sync per step
+        if len(need):
+            xs, ys = x[need], y[need]
+            x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
+            model.train(ctx.bn_mode == "train")
+            try:
+                anchor_loss = ce_loss(model(x_star), ys)
+            finally:
+                model.train(True)
+            per_example = per_example.index_add(0, need, anchor_coef[need] * anchor_loss)
         weights = None if p.weighting == "none" else coefs.flatten()
         return StepOutput(per_example.mean(), weights)
 

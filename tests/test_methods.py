@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.config import TrainConfig
+from bench.losses import ce_loss
 from bench.names import UsageError
 from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
 from methods import METHODS, StepContext, build_method
@@ -178,3 +179,25 @@ def test_method_params_are_validated():
     with pytest.raises(UsageError, match="anchor"):
         build_method("lrat", {"anchor": "natual"})
     assert build_method("irat", {"lam": "0"}).params.lam == 0.0
+
+
+def test_lrat_anchor_covers_only_the_needing_instances_in_the_attack_bn_mode(tiny_model, batch):
+    """Oracle: the loss by hand, with the anchor CE on the natural inputs of the instances whose weights sum
+    below C, in eval BN mode; BN running statistics move with the adversarial pass only."""
+    x, y = batch
+    ctx = context("pgd")
+    params = {"alpha": 1.0, "beta": 1.0, "C": 1.2}  # w = 1 - t: the anchor is needed where t > -0.2
+    model, ref = copy.deepcopy(tiny_model).train(), copy.deepcopy(tiny_model).train()
+    torch.manual_seed(0)
+    out = build_method("lrat", params).loss(model, x, y, ctx)
+    torch.manual_seed(0)
+    x_adv = run_attack(ref, ctx.attacks[0], x, y, "eval").x_adv
+    logits = ref(x_adv)
+    anchor, coefs = lrat_coefficients([logits], y, **params)
+    need = anchor > 0
+    assert 0 < int(need.sum()) < len(y)  # the case under test: some instances need the anchor, not all
+    with torch.no_grad():
+        natural_ce = ce_loss(ref.eval()(x), y)
+    expected = (coefs[:, 0] * ce_loss(logits, y) + torch.where(need, anchor * natural_ce, 0.0)).mean()
+    assert torch.allclose(out.loss, expected, rtol=0, atol=1e-6)
+    assert torch.equal(model.bn.running_mean, ref.bn.running_mean) and model.training
