@@ -98,7 +98,10 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
     fmt = torch.channels_last if s.channels_last else torch.contiguous_format
     base = build_model(s.model, info.num_classes, info.in_channels, info.image_size).to(device, memory_format=fmt)
     model = torch.compile(base) if s.compile else base  # warm-up calls absorb the compilation
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # lr 0: the same kernels as training, but the model stays at its initialisation. Trained on one repeated
+    # batch it would memorise it within the warm-up, and LRAT would then need its anchor pass for most instances
+    # (t > 0.9975), which real training needs for few: every method is timed on the same untrained network.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     x, y = _synthetic_batch(s, device, s.batch_size)
     x = x.contiguous(memory_format=fmt)
 
@@ -122,15 +125,20 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
             except UsageError:
                 continue
 
-            def adv_loss(method=method, ctx=ctx):
+            stats: dict[str, torch.Tensor] = {}
+
+            def adv_loss(method=method, ctx=ctx, stats=stats):
                 with autocast(device, s.precision):
-                    return method.loss(model, x, y, ctx).loss
+                    out = method.loss(model, x, y, ctx)
+                stats.update(out.stats)
+                return out.loss
 
             model.train()
             ips = s.batch_size / _timed(_train_step(model, optimizer, adv_loss), s.steps, s.warmup, device)
             ratio = plain / ips
             rows.append({"method": name, "train_attack": attack, "attack_steps": k, "images_per_s": ips,
-                         "ratio": ratio, "efficiency": ((2 * k + 3) / 3) / ratio})
+                         "ratio": ratio, "efficiency": ((2 * k + 3) / 3) / ratio,
+                         **{k: float(v) for k, v in stats.items()}})
     for attack in s.train_attacks:
         at = next((r["images_per_s"] for r in rows if r["method"] == "at" and r["train_attack"] == attack), None)
         for r in rows:

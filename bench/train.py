@@ -153,6 +153,7 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
                           bn_mode=cfg.attack_bn_mode, make_attack=lambda name: TRAIN_ATTACKS[name].build(cfg))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
+        stat_sums: dict[str, torch.Tensor] = {}
         model.train()
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -169,6 +170,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             loss_sum += out.loss.detach().double() * len(y)
             if out.weights is not None:
                 weights.append(out.weights.float())
+            for key, value in out.stats.items():
+                stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
             if (b + 1) % sync_every == 0 or b + 1 == n_batches:
                 if not torch.isfinite(loss_sum):
                     raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
@@ -183,7 +186,7 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
         entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / n, "val_natural": val_nat,
                  "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
                  "reweighting": bool(weights), "channels_last": runtime.channels_last, "compile": runtime.compile,
-                 **weight_stats(weights)}
+                 **weight_stats(weights), **{k: v.item() / n for k, v in stat_sums.items()}}
         history.append(entry)
         if val_pgd > best:
             best = val_pgd

@@ -33,6 +33,7 @@ class StepContext:
 class StepOutput:
     loss: torch.Tensor
     weights: torch.Tensor | None = None  # detached weights actually applied, for the history's statistics
+    stats: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # per-batch means, averaged per epoch
 
 
 @contextmanager

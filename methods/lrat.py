@@ -77,8 +77,14 @@ class LRAT(Method):
         # at the defaults, t > 0.9975, a few per batch at most), in the attack's BN mode: a handful of inputs
         # then neither sets the batch statistics of a train-mode pass nor moves the running ones, and the extra
         # pass costs k/n of a step instead of a whole one. Never needed for LSAT, so LSAT-pgd == AT.
-        need = (anchor_coef > 0).nonzero().squeeze(1)  # one host sync per step
+        needs_anchor = anchor_coef > 0
+        need = needs_anchor.nonzero().squeeze(1)  # one host sync per step
         if len(need):
+            # Padded to a power of two by repeating an index (coefficient 0): each new input shape would make
+            # cuDNN autotune and torch.compile recompile; eval-mode BN keeps the copies from touching the rest.
+            pad = (1 << (len(need) - 1).bit_length()) - len(need) if ctx.bn_mode == "eval" else 0
+            coef = torch.cat([anchor_coef[need], anchor_coef.new_zeros(pad)])
+            need = torch.cat([need, need[:1].expand(pad)])
             xs, ys = x[need], y[need]
             x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
             model.train(ctx.bn_mode == "train")
@@ -86,9 +92,9 @@ class LRAT(Method):
                 anchor_loss = ce_loss(model(x_star), ys)
             finally:
                 model.train(True)
-            per_example = per_example.index_add(0, need, anchor_coef[need] * anchor_loss)
+            per_example = per_example.index_add(0, need, coef * anchor_loss)
         weights = None if p.weighting == "none" else coefs.flatten()
-        return StepOutput(per_example.mean(), weights)
+        return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()})
 
 
 class LSAT(LRAT):

@@ -70,3 +70,10 @@ def test_channels_last_matches_the_default_layout(tmp_path):
 def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     history = train_run(config(epochs=1, precision="bf16", method="lrat"), data(), tmp_path, torch.device("cpu"))
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+@pytest.mark.parametrize("C,share", [(5.0, 1.0), (0.0, 0.0)])  # w = 1 - t <= 2: C = 5 needs every anchor, 0 none
+def test_lrat_records_the_share_of_instances_that_needed_the_anchor(tmp_path, C, share):
+    params = {"alpha": 1.0, "beta": 1.0, "C": C}
+    history = train_run(config(method="lrat", method_params=params, epochs=1), data(), tmp_path, torch.device("cpu"))
+    assert history[0]["anchor_share"] == share
