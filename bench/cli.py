@@ -80,7 +80,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--test-subset", type=int, default=None, help="Test points to evaluate (class-balanced; first N on CIFAR).")
 @click.option("--eval-batch-size", type=int, default=256, show_default=True)
 @click.option("--checkpoints", default="best,last", show_default=True,
-              help="Checkpoints to evaluate (best on the validation split, last); `bench eval` adds the other later.")
+              help="Checkpoints to evaluate: best (on the validation split), last, epochN (kept while training, "
+                   "e.g. epoch60); `bench eval` adds best/last later.")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -181,8 +182,8 @@ def _print_plan(store, cells, data, grad_steps_per_s) -> None:
 @click.option("--methods", default="", help="Comma-separated methods (default: all in the store).")
 @click.option("--train-attack", "train_attacks", default="",
               help="Comma-separated training attacks, e.g. pgd,cw,saa+cw (default: all in the store).")
-@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
-              help="best: highest validation PGD accuracy; last: the final epoch.")
+@click.option("--checkpoint", default="best", show_default=True,
+              help="best: highest validation PGD accuracy; last: the final epoch; epochN: after epoch N, if kept.")
 @click.option("--baseline", default="at", show_default=True,
               help="Method the gaps are measured against: its run with the same training attack, else its PGD run.")
 @click.option("--no-pdf", is_flag=True, help="Write report.tex but do not run pdflatex.")

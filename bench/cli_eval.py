@@ -11,7 +11,6 @@ import click
 from bench.cli import DEFAULT_RESULTS, usage_errors
 from bench.names import UsageError, split_list
 
-CHECKPOINTS = ("best", "last")
 LOCK_WAIT_S = 2.0  # as the runner: a `bench status` probe of the lock must not make us skip a run
 
 
@@ -54,7 +53,8 @@ def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
 @click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--test-subset", type=int, default=None, help="Test points (first N on CIFAR, class-balanced "
               "otherwise). Default: as in the run's stored evaluations, else the whole test set.")
-@click.option("--checkpoint", default="best,last", show_default=True, help="Comma-separated: best, last.")
+@click.option("--checkpoint", default="best,last", show_default=True,
+              help="Comma-separated: best, last, epochN (an epoch checkpoint kept when the run trained).")
 @click.option("--eval-batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
@@ -74,7 +74,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     """
     from pathlib import Path
 
-    from bench.config import EvalConfig, parse_eps
+    from bench.config import EvalConfig, parse_checkpoint, parse_eps
     from bench.data import DATASETS
     from bench.eval_attacks import EVAL_ATTACKS
     from bench.guards import check_eps
@@ -85,7 +85,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
                                 for a in split_list(eval_attacks)))
     if not suite:
         raise UsageError("--eval-attacks is empty.")
-    ckpts = tuple(dict.fromkeys(lookup("checkpoint", c, {k: k for k in CHECKPOINTS}) for c in split_list(checkpoint)))
+    ckpts = tuple(dict.fromkeys(parse_checkpoint(c) for c in split_list(checkpoint)))
     budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
     for name, value in (("test-subset", test_subset), ("eval-batch-size", eval_batch_size)):
         if value is not None and value < 1:
@@ -176,7 +176,7 @@ def _print_summary(rows: list[dict]) -> None:
 @click.argument("run_id")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
 @click.option("--out", required=True, help="Directory for model.pt, model_info.json and README.md.")
-@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(CHECKPOINTS))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or epochN (if kept).")
 @click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--eps", default=None, help="Which stored budget to export. Default: as in `bench eval`.")
 @usage_errors
@@ -190,7 +190,7 @@ def export_command(run_id, results, out, checkpoint, threat_model, eps):
     """
     from pathlib import Path
 
-    from bench.config import parse_eps
+    from bench.config import parse_checkpoint, parse_eps
     from bench.export import export_run
     from bench.store import Store, resolve_run_id
 
@@ -198,7 +198,8 @@ def export_command(run_id, results, out, checkpoint, threat_model, eps):
         raise UsageError(f"No results store at {results} (no {results}/runs).")
     store = Store(results)
     run = resolve_run_id(store, run_id)
-    written = export_run(store, run, out, checkpoint, threat_model, parse_eps(eps, threat_model) if eps else None)
+    written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
+                         parse_eps(eps, threat_model) if eps else None)
     for kind, path in written.items():
         click.echo(f"{kind:>10}: {path}", err=True)
     click.echo(written["readme"].read_text())

@@ -34,6 +34,27 @@ def parse_eps(value: str | float, threat_model: ThreatModel = "linf") -> float:
     return eps
 
 
+def parse_checkpoint(name: str, epochs: int | None = None) -> str:
+    """'best' (highest validation PGD accuracy), 'last', or 'epochN' (the model after epoch N, kept only when
+    asked for before training: the LRAT paper's Table 1 reports epoch 60 of 100). N <= epochs when given."""
+    from bench.names import suggest
+
+    key = name.strip().lower()
+    if key in ("best", "last"):
+        return key
+    if key.startswith("epoch") and key[5:].isdigit() and int(key[5:]) >= 1:
+        if epochs is not None and int(key[5:]) > epochs:
+            raise UsageError(f"Checkpoint '{key}' is after the last epoch ({epochs}).")
+        return f"epoch{int(key[5:])}"
+    raise UsageError(f"Unknown checkpoint '{name}'.{suggest(key, ['best', 'last', 'epoch60'])} "
+                     f"(choices: best, last, epochN such as epoch60)")
+
+
+def checkpoint_epoch_number(name: str) -> int | None:
+    """N of 'epochN', None for 'best' and 'last'."""
+    return int(name[5:]) if name.startswith("epoch") else None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a trained model. Hashes to `run_id`."""

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from bench.config import EvalConfig
+from bench.config import EvalConfig, checkpoint_epoch_number
 from bench.data import Split, to_float
 from bench.eval_attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.guards import (check_autoattack, check_model, check_monotone, check_square, columns, default_eps,
                           merge_columns)
+from bench.names import UsageError
 from bench.provenance import provenance
 from bench.store import SCHEMA_VERSION, Store, decode_flags, eval_group, load_run
 
@@ -85,6 +86,8 @@ def _checkpoint_epoch(history: list[dict], checkpoint: str) -> int | None:
         return None
     if checkpoint == "last":
         return history[-1]["epoch"]
+    if checkpoint_epoch_number(checkpoint):
+        return checkpoint_epoch_number(checkpoint)
     best = [h["epoch"] for h in history if h.get("best")]
     return best[-1] if best else None
 
@@ -112,6 +115,9 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
             if store.read_eval(run_id, group, attack) is not None:
                 continue
             if model is None:
+                if not (store.run_dir(run_id) / f"{ckpt}.pt").exists():
+                    raise UsageError(f"Run {run_id} has no checkpoint '{ckpt}': an epoch checkpoint is kept only "
+                                     f"when it is asked for before training (retrain with --force to get it).")
                 model, _ = load_run(store.run_dir(run_id), ckpt, str(device))
                 model.requires_grad_(False)  # attacks need input gradients only
                 model_guards = check_model(model, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)

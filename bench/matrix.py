@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.config import EvalConfig, TrainConfig, parse_eps
+from bench.config import EvalConfig, TrainConfig, parse_checkpoint, parse_eps
 from bench.names import UsageError, split_list, suggest
 
 if sys.version_info >= (3, 11):
@@ -101,7 +101,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "batch_size": ("eval_batch_size", _int, "an integer"),
         "threat_model": ("threat_model", lambda v: v in ("linf", "l2"), "\"linf\" or \"l2\""),
         "eps": ("eval_eps", _eps, "a number or a string such as \"8/255\""),
-        "checkpoints": ("checkpoints", _str_list, "a list of \"best\" and/or \"last\""),
+        "checkpoints": ("checkpoints", _str_list, "a list of \"best\", \"last\", \"epochN\""),
     },
 }
 PARAMS_SECTION = "method_params"
@@ -303,8 +303,7 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
             method.check_attacks(tuple(a.split("+")), kappa)
         method_list.append((m, _params_dict(method.params)))
     threat_model = values["threat_model"]
-    checkpoints = tuple(dict.fromkeys(lookup("checkpoint", c, {"best": "best", "last": "last"})
-                                      for c in split_list(values["checkpoints"])))
+    checkpoints = tuple(dict.fromkeys(parse_checkpoint(c, values["epochs"]) for c in split_list(values["checkpoints"])))
     if not checkpoints:
         raise UsageError("--checkpoints is empty.")
     cells = []

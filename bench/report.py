@@ -14,11 +14,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.config import parse_checkpoint
 from bench.names import UsageError, split_list, suggest
 from bench.report_stats import flag_matrix
 from bench.store import Store
@@ -67,7 +68,7 @@ def eps_text(eps: float) -> str:
 class Selection:
     """What `bench report` puts in the tables. Empty tuples select everything in the store."""
 
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: str = "best"  # best | last | epochN
     datasets: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
@@ -113,8 +114,8 @@ class Setting:
     def describe(self, tex: bool) -> str:
         """The selection, for every caption (LaTeX) and for summary.md (Markdown)."""
         eps = f"$\\epsilon = {eps_text(self.eps)}$" if tex else f"ε = {eps_text(self.eps)}"
-        ckpt = ("best checkpoint (highest validation PGD accuracy)" if self.checkpoint == "best"
-                else "last-epoch checkpoint")
+        ckpt = {"best": "best checkpoint (highest validation PGD accuracy)", "last": "last-epoch checkpoint"}.get(
+            self.checkpoint, f"checkpoint after epoch {self.checkpoint[5:]}")
         threat = {"linf": "$\\ell_\\infty$" if tex else "L∞", "l2": "$\\ell_2$" if tex else "L2"}.get(
             self.threat_model, self.threat_model)
         name = f"{self.dataset}, {self.model}" + (f" ({self.filters})" if self.filters else "")
@@ -158,7 +159,7 @@ def parse_selection(*, checkpoint: str = "best", datasets: str = "", models: str
                     train_attacks: str = "", baseline: str = "at", compile_pdf: bool = True) -> Selection:
     """CLI strings -> Selection (aliases resolved; validated against the store later, in `select`)."""
     canon = [METHOD_ALIASES.get(m.lower(), m.lower()) for m in split_list(methods)]
-    return Selection(checkpoint=checkpoint, datasets=tuple(d.lower() for d in split_list(datasets)),
+    return Selection(checkpoint=parse_checkpoint(checkpoint), datasets=tuple(d.lower() for d in split_list(datasets)),
                      models=tuple(m.lower() for m in split_list(models)), methods=tuple(dict.fromkeys(canon)),
                      train_attacks=tuple(_canonical_train_attack(a) for a in split_list(train_attacks)),
                      baseline=METHOD_ALIASES.get(baseline.lower(), baseline.lower()), compile_pdf=compile_pdf)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Literal
 import torch
 from filelock import FileLock, Timeout
 
+from bench.config import checkpoint_epoch_number
 from bench.data import DataBundle, load_data
 from bench.evaluate import evaluate_run
 from bench.matrix import Cell, data_key, expand  # noqa: F401  (Cell and expand are part of this module's API)
@@ -105,7 +107,9 @@ class Runner:
             progress = CellProgress(cell.label, cell.train.epochs)
             try:
                 if not trained:
-                    train_run(cell.train, data, run_dir, self.device, progress.callbacks(), self.runtime)
+                    keep = tuple(n for c in cell.eval.checkpoints if (n := checkpoint_epoch_number(c)))
+                    runtime = dataclasses.replace(self.runtime, keep_epochs=keep)
+                    train_run(cell.train, data, run_dir, self.device, progress.callbacks(), runtime)
                     self.store.mark(run_id, TRAINED, {"seconds": time.perf_counter() - t0})
                 evaluate_run(self.store, run_id, cell.eval, data.test, self.device, progress.on_attack)
             finally:

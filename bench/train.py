@@ -40,6 +40,7 @@ class RuntimeOptions:
 
     channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
     compile: bool = False  # torch.compile the model (opt-in: slower on CPUs, faster on GPUs)
+    keep_epochs: tuple[int, ...] = ()  # also save the model after these epochs, as epoch<N>.pt
 
 
 @dataclass
@@ -192,6 +193,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             best = val_pgd
             entry["best"] = True
             save_torch(model.state_dict(), run_dir / "best.pt")
+        if epoch + 1 in runtime.keep_epochs:
+            save_torch(model.state_dict(), run_dir / f"epoch{epoch + 1}.pt")
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
                     "history": history, "best": best}, state_path)

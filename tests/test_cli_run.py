@@ -56,6 +56,8 @@ def refused(results: Path, *args: str, env: dict | None = None) -> str:
     (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--checkpoints", "best,epoch2"], "Checkpoint 'epoch2' is after the last epoch (1)"),
+    (["--checkpoints", "bets"], "Unknown checkpoint 'bets'. Did you mean: best?"),
     (["--gpus-per-cell", "1"], "need --executor ray"),
     (["--executor", "ray", "--cpus-per-cell", "-1"], "--cpus-per-cell must be >= 0"),
 ])

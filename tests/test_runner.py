@@ -121,3 +121,22 @@ def test_matrix_progress_counts_and_eta(monkeypatch):
     assert progress.summary() == ("cells: 3/5 processed (1 run, 1 already done, 1 failed, 0 busy elsewhere), "
                                   "1 running, 1 left, ETA 15s")
     progress.close()
+
+
+def test_an_epoch_checkpoint_is_kept_while_training_and_evaluated_as_its_own_group(tmp_path):
+    """--checkpoints epoch1,last on a 2-epoch run: epoch1.pt is the model after epoch 1 (not the last one),
+    its rows say checkpoint 'epoch1' and checkpoint_epoch 1; asking later for an epoch never kept is refused."""
+    res = CliRunner().invoke(main, ["run", *TINY, "--epochs", "2", "--checkpoints", "epoch1,last",
+                                    "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    store = Store(tmp_path)
+    (run_id,) = store.run_ids()
+    run_dir = store.run_dir(run_id)
+    assert (run_dir / "epoch1.pt").exists() and not (run_dir / "epoch2.pt").exists()
+    first, last = torch.load(run_dir / "epoch1.pt"), torch.load(run_dir / "last.pt")
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # epoch 2 trained on
+    rows = {r["checkpoint"]: r for r in store.load_rows() if r["eval_attack"] == "natural"}
+    assert rows["epoch1"]["checkpoint_epoch"] == 1 and rows["last"]["checkpoint_epoch"] == 2
+    res = CliRunner().invoke(main, ["eval", run_id, "--results", str(tmp_path), "--checkpoint", "epoch2",
+                                    "--eval-attacks", "natural", "--device", "cpu"])
+    assert "has no checkpoint 'epoch2'" in res.output
