@@ -89,6 +89,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU speed; slower on CPUs).")
 @click.option("--force", is_flag=True, help="Redo cells that are already finished.")
 @click.option("--dry-run", is_flag=True, help="Print the cells, their state and the work left; run nothing.")
+@click.option("--speed-json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--dry-run: turn the work into hours with a `bench speed --json` file's figures.")
 @click.option("--grad-steps-per-s", type=float, default=None, help="Measured throughput of one worker in "
               "example-gradient steps/s (PGD-10 AT at R images/s = 11 R): --dry-run then estimates hours.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -100,8 +102,8 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--max-retries", type=int, default=3, show_default=True,
               help="Ray: retries of a cell whose worker died (pre-emption); it resumes from its checkpoint.")
 @usage_errors
-def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, grad_steps_per_s, executor,
-        ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
+def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, speed_json, grad_steps_per_s,
+        executor, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
     """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
     are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written).
 
@@ -129,14 +131,14 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
         import_ray()
     from bench.provenance import resolve_device
 
-    dev = resolve_device(device) if executor == "local" else None
-    data = matrix.load_matrix_data(cells, data_dir)
     from bench.store import Store
 
     store = Store(results)
-    if dry_run:
-        _print_plan(store, cells, data, grad_steps_per_s)
+    if dry_run:  # reads no dataset: the sizes come from the datasets' definitions
+        _print_plan(store, cells, grad_steps_per_s, matrix.load_speed_json(speed_json) if speed_json else None)
         return
+    dev = resolve_device(device) if executor == "local" else None
+    data = matrix.load_matrix_data(cells, data_dir)
     from bench.executors import LocalExecutor, RayExecutor
     from bench.train import RuntimeOptions
 
@@ -156,22 +158,40 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     sys.exit(1 if counts["failed"] else 0)
 
 
-def _print_plan(store, cells, data, grad_steps_per_s) -> None:
-    """`bench run --dry-run`: each cell's state and training work left, then the totals."""
-    from bench.matrix import data_key, grad_steps, hours
+def _print_plan(store, cells, grad_steps_per_s, speed) -> None:
+    """`bench run --dry-run`: each cell's state, training work and hours left, then the totals."""
+    from bench.matrix import cell_hours, cell_sizes, grad_steps
     from bench.status import cell_status, counts, format_table
 
-    rows = [cell_status(store, c.train.run_id, c, len(data[data_key(c)].test)) for c in cells]
-    work = [0 if s.state in ("finished", "running") else grad_steps(c, len(data[data_key(c)].train), s.epochs_done)
-            for c, s in zip(cells, rows)]
-    for line in format_table(rows, {"work": [f"{w:>14,} steps" for w in work]}):
+    rows = [cell_status(store, c.train.run_id, c, cell_sizes(c)[1]) for c in cells]
+    left = [s.state not in ("finished", "running") for s in rows]
+    work = [grad_steps(c, cell_sizes(c)[0], s.epochs_done) if todo else 0 for c, s, todo in zip(cells, rows, left)]
+    hrs = [cell_hours(c, cell_sizes(c)[0], s.epochs_done, speed, grad_steps_per_s) if todo else 0.0
+           for c, s, todo in zip(cells, rows, left)]
+    extra = {"work": [f"{w:>14,} steps" for w in work]}
+    if any(h is not None for h in hrs):
+        extra["hours"] = [f"{h:>7.2f} h" for h in hrs]
+    for line in format_table(rows, extra):
         click.echo(line)
     total = sum(work)
-    h = hours(total, grad_steps_per_s)
     click.echo(f"{len(cells)} cells: {counts(rows)}. Work left: {total:,} example-gradient steps "
-               f"(epochs left x train size x (attack steps + 1)); "
-               + (f"about {h:.3g} worker-hours at {grad_steps_per_s:g} steps/s." if h is not None
-                  else "give --grad-steps-per-s (from `bench speed`) for hours."))
+               f"(epochs left x train size x (attack steps + 1)).")
+    if speed is not None:
+        st = speed.settings
+        click.echo(f"Estimate: about {sum(hrs):.3g} GPU-hours of training for one worker, from {speed.device}: "
+                   f"{st.get('model')} batch {st.get('batch_size')} {st.get('precision')}"
+                   f"{' channels_last' if st.get('channels_last') else ''}{' compiled' if st.get('compile') else ''}"
+                   f" (measured images/s per method and attack where the file has them, else its AT rate of "
+                   f"{speed.grad_steps_per_s:,.0f} example-gradient steps/s). Evaluation is not counted.")
+        differ = sorted({f"{k} {getattr(cells[0].train, k)}" for k in ("model", "batch_size", "precision")
+                         if k in st and any(getattr(c.train, k) != st[k] for c in cells)})
+        if differ:
+            click.echo(f"  The cells differ from the measured settings ({', '.join(differ)}): expect a different "
+                       f"time; `bench speed` with the cells' settings gives a closer figure.")
+    elif grad_steps_per_s:
+        click.echo(f"Estimate: about {sum(hrs):.3g} worker-hours at {grad_steps_per_s:g} steps/s.")
+    else:
+        click.echo("Give --speed-json (a `bench speed --json` file) or --grad-steps-per-s for hours.")
 
 
 @main.command()

@@ -4,6 +4,8 @@ A matrix file names the grid (methods x training attacks x datasets x models x s
 the eval suite and the method parameters, in sections that mirror `bench run`'s flags:
 
     [matrix]  methods, train_attacks, datasets, models, seeds          (lists; each list expands the matrix)
+              or rows = [["at", "pgd"], ["lrat", "saa+cw"]] instead of methods x train_attacks: the listed
+              (method, train attack) pairs only, as a paper's table has them
     [train]   epochs, batch_size, lr, lr_scale, precision, weight_decay, eps, attack_steps, step_size,
               train_subset, val_size
     [eval]    attacks, test_subset, batch_size, threat_model, eps
@@ -68,6 +70,10 @@ def _number(v: Any) -> bool:
     return _int(v) or isinstance(v, float)
 
 
+def _pair_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(p, list) and len(p) == 2 and _str_list(p) for p in v)
+
+
 def _eps(v: Any) -> bool:
     return _number(v) or isinstance(v, str)
 
@@ -76,6 +82,7 @@ def _eps(v: Any) -> bool:
 Check = tuple[str, Callable[[Any], bool], str]
 SCHEMA: dict[str, dict[str, Check]] = {
     "matrix": {
+        "rows": ("rows", _pair_list, "a list of [\"method\", \"train_attack\"] pairs"),
         "methods": ("methods", _str_list, "a list of names"),
         "train_attacks": ("train_attack", _str_list, "a list of names (saa+cw combines two)"),
         "datasets": ("dataset", _str_list, "a list of names"),
@@ -209,6 +216,13 @@ def merge(defaults: dict[str, Any], file_values: dict[str, Any], flags: dict[str
     """Defaults < matrix file < flags the user actually gave. Method parameters merge per key."""
     merged = {**defaults, **file_values, **flags}
     merged["method_params"] = (file_values.get("method_params") or {}, flags.get("method_params") or ())
+    if "rows" in file_values:
+        both = [k for k in ("methods", "train_attack") if k in file_values]
+        if both:
+            raise UsageError(f"The matrix file gives [matrix] rows and {both[0].replace('train_attack', 'train_attacks')}: "
+                             f"rows already name each (method, train attack) pair; keep one of the two.")
+        for key in ("methods", "train_attack"):  # typed flags select among the rows; defaults do not
+            merged[key] = flags.get(key)
     return merged
 
 
@@ -278,8 +292,10 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
                              f"got {values[name]}.")
     datasets = [lookup("dataset", d, DATASETS) for d in dict.fromkeys(split_list(values["dataset"]))]
     models = [lookup("model", m, MODELS) and m.strip().lower() for m in dict.fromkeys(split_list(values["model"] or ()))]
-    methods = list(dict.fromkeys(canonical_method(m) for m in split_list(values["methods"])))
-    attacks = list(dict.fromkeys(parse_train_attack(a) for a in split_list(values["train_attack"])))
+    methods = list(dict.fromkeys(canonical_method(m) for m in split_list(values["methods"] or ())))
+    attacks = list(dict.fromkeys(parse_train_attack(a) for a in split_list(values["train_attack"] or ())))
+    pairs = _pairs(values.get("rows"), methods, attacks)
+    methods, attacks = list(dict.fromkeys(m for m, _ in pairs)), list(dict.fromkeys(a for _, a in pairs))
     suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()
                                 for a in split_list(values["eval_attacks"])))
     for kind, items in (("--dataset", datasets), ("--methods", methods), ("--train-attack", attacks),
@@ -296,12 +312,12 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
     file_params, flag_params = values["method_params"]
     overrides = _parse_method_params(file_params, flag_params, methods)
     kappa = {k: v.has_kappa for k, v in TRAIN_ATTACKS.items()}
-    method_list = []
+    resolved = {}
     for m in methods:
         method = METHODS[m].make(overrides.get(m))
-        for a in attacks:
+        for a in (a for pm, a in pairs if pm == m):
             method.check_attacks(tuple(a.split("+")), kappa)
-        method_list.append((m, _params_dict(method.params)))
+        resolved[m] = _params_dict(method.params)
     threat_model = values["threat_model"]
     checkpoints = tuple(dict.fromkeys(parse_checkpoint(c, values["epochs"]) for c in split_list(values["checkpoints"])))
     if not checkpoints:
@@ -322,8 +338,24 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
                                lr=learning_rate(values["lr"], model, values["batch_size"], values["lr_scale"]),
                                weight_decay=float(values["weight_decay"]), augment=info.augment,
                                precision=values["precision"])
-            cells += expand(base, method_list, attacks, seeds, ecfg)
+            cells += expand_pairs(base, [((m, resolved[m]), a) for m, a in pairs], seeds, ecfg)
     return cells
+
+
+def _pairs(rows: list[list[str]] | None, methods: list[str], attacks: list[str]) -> list[tuple[str, str]]:
+    """(method, train attack) pairs: the product of methods and attacks, or a file's rows (which typed
+    --methods / --train-attack flags narrow down)."""
+    from bench.train_attacks import parse_train_attack
+    from methods import canonical_method
+
+    if not rows:
+        return list(itertools.product(methods, attacks))
+    listed = list(dict.fromkeys((canonical_method(m), parse_train_attack(a)) for m, a in rows))
+    kept = [(m, a) for m, a in listed if (not methods or m in methods) and (not attacks or a in attacks)]
+    if not kept:
+        raise UsageError(f"No row of the matrix file matches --methods/--train-attack (rows: "
+                         f"{', '.join(f'{m}-{a}' for m, a in listed)}).")
+    return kept
 
 
 # [choice] SGD learning rate per model when --lr is not given: 0.1 as in the LRAT/GAIRAT ResNet recipes; 0.05 for
@@ -346,8 +378,14 @@ def _params_dict(params) -> dict[str, Any]:
 def expand(base: TrainConfig, methods: list[tuple[str, dict]], train_attacks: list[str],
            seeds: list[int], eval_cfg: EvalConfig) -> list[Cell]:
     """One cell per (method, train attack, seed). `methods` holds (canonical name, resolved params)."""
+    return expand_pairs(base, list(itertools.product(methods, train_attacks)), seeds, eval_cfg)
+
+
+def expand_pairs(base: TrainConfig, pairs: list[tuple[tuple[str, dict], str]], seeds: list[int],
+                 eval_cfg: EvalConfig) -> list[Cell]:
+    """One cell per ((method, params), train attack) pair and seed."""
     return [Cell(replace(base, method=m, method_params=p, train_attack=a, seed=s), eval_cfg)
-            for (m, p), a, s in itertools.product(methods, train_attacks, seeds)]
+            for ((m, p), a), s in itertools.product(pairs, seeds)]
 
 
 # --- checks that need the outside world ---------------------------------------------------------------------
@@ -397,6 +435,49 @@ def grad_steps(cell: Cell, n_train: int, epochs_done: int = 0) -> int:
 
     t = cell.train
     return max(t.epochs - epochs_done, 0) * n_train * (attack_steps_per_example(t) + 1)
+
+
+def cell_sizes(cell: Cell) -> tuple[int, int]:
+    """(training points, test points) of a cell, from the dataset's definition: no files are read."""
+    from bench.data import DATASETS
+
+    t = cell.train
+    return DATASETS[t.dataset].split_sizes(t.val_size, t.train_subset, cell.eval.test_subset)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Figures from a `bench speed --json` file: images/s per (method, train attack), and the example-gradient
+    steps/s of its first `at` row (images/s x (K + 1)) for pairs it did not measure."""
+
+    images_per_s: dict[tuple[str, str], float]
+    grad_steps_per_s: float
+    settings: dict[str, Any]
+    device: str
+
+
+def load_speed_json(path: str | Path) -> Throughput:
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        rows = doc["rows"]
+        at = next(r for r in rows if r["method"] == "at")
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        raise UsageError(f"{path} is not a `bench speed --json` file with an 'at' row ({exc}).") from None
+    return Throughput({(r["method"], r["train_attack"]): r["images_per_s"] for r in rows},
+                      at["images_per_s"] * (at["attack_steps"] + 1), doc.get("settings", {}),
+                      doc.get("device", {}).get("device", "unknown device"))
+
+
+def cell_hours(cell: Cell, n_train: int, epochs_done: int, speed: Throughput | None,
+               grad_steps_per_s: float | None) -> float | None:
+    """Training hours left for one worker: the cell's own measured images/s when the speed file has its
+    (method, train attack), else its gradient steps at the measured (or given) steps/s."""
+    t = cell.train
+    if speed is not None and (t.method, t.train_attack) in speed.images_per_s:
+        return max(t.epochs - epochs_done, 0) * n_train / speed.images_per_s[(t.method, t.train_attack)] / 3600
+    return hours(grad_steps(cell, n_train, epochs_done), speed.grad_steps_per_s if speed else grad_steps_per_s)
 
 
 def hours(steps: int, grad_steps_per_s: float | None) -> float | None:

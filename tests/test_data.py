@@ -88,3 +88,13 @@ def test_eps_parsing():
 def test_unknown_dataset_suggests():
     with pytest.raises(UsageError, match="Did you mean: fashion-mnist"):
         load_data("fashion-mnst")
+
+
+@pytest.mark.parametrize("name", ["synthetic", pytest.param("fashion-mnist", marks=needs_fmnist)])
+@pytest.mark.parametrize("val_size,train_subset,test_subset", [(64, None, None), (100, 300, 50), (32, 10**6, 10**6)])
+def test_split_sizes_from_the_definition_match_the_loaded_data(name, val_size, train_subset, test_subset):
+    """`bench run --dry-run` plans without reading files: its sizes must be the ones training will see."""
+    from bench.data import DATASETS
+
+    d = load_data(name, val_size=val_size, train_subset=train_subset, test_subset=test_subset)
+    assert DATASETS[name].split_sizes(val_size, train_subset, test_subset) == (len(d.train), len(d.test))

@@ -165,3 +165,53 @@ def test_the_smoke_matrix_resolves():
     assert [(c.train.method, c.train.seed) for c in cells] == [
         ("at", 0), ("at", 1), ("gairat", 0), ("gairat", 1), ("lrat", 0), ("lrat", 1)]
     assert {c.train.dataset for c in cells} == {"fashion-mnist"} and cells[4].train.method_params["anchor"] == "natural"
+
+
+TABLE1 = ROOT / "experiments" / "lrat-table1-cifar10.toml"
+TABLE1_ROWS = [("at", "pgd"), ("gairat", "pgd"), ("lsat", "cw"), ("lsat", "saa"), ("lrat", "cw"), ("lrat", "saa"),
+               ("lrat", "saa+cw")]
+
+
+def test_the_table1_recipe_has_the_papers_seven_rows_and_settings():
+    cells = cells_of(load_matrix_file(TABLE1))
+    assert [(c.train.method, c.train.train_attack) for c in cells] == TABLE1_ROWS
+    t = cells[0].train
+    assert (t.dataset, t.model, t.epochs, t.batch_size, t.lr, t.weight_decay, t.lr_milestones, t.precision) == (
+        "cifar10", "resnet18", 100, 128, 0.1, 2e-4, (0.6, 0.9), "fp32")
+    assert t.eps == pytest.approx(8 / 255) and t.attack_step_size == pytest.approx(8 / 255 / 10)
+    assert (t.attack_steps, t.saa_targets, t.saa_steps, t.augment) == (10, 3, 20, True)
+    assert cells[0].eval.checkpoints == ("epoch60", "best") and cells[0].eval.test_subset is None
+    assert cells[0].eval.attacks == ("natural", "pgd20", "cw20", "aa")
+
+
+def test_typed_flags_narrow_a_files_rows_and_rows_exclude_a_product(tmp_path):
+    rows = load_matrix_file(TABLE1)
+    assert [(c.train.method, c.train.train_attack) for c in cells_of(rows, methods="lrat")] == TABLE1_ROWS[4:]
+    assert [c.train.method for c in cells_of(rows, train_attack="saa")] == ["lsat", "lrat"]
+    with pytest.raises(UsageError, match="No row of the matrix file matches"):
+        cells_of(rows, methods="mail")
+    both = write(tmp_path, '[matrix]\nrows = [["at", "pgd"]]\nmethods = ["at"]\n')
+    with pytest.raises(UsageError, match="rows and methods"):
+        cells_of(load_matrix_file(both))
+    bad = write(tmp_path, '[matrix]\nrows = [["at", "pgd", "cw"]]\n')
+    with pytest.raises(UsageError, match=r"m.toml:2: key 'matrix.rows' must be a list of \["):
+        load_matrix_file(bad)
+    refused = write(tmp_path, '[matrix]\nrows = [["gairat", "saa+cw"]]\n')
+    with pytest.raises(UsageError, match="takes one training attack"):
+        cells_of(load_matrix_file(refused))
+
+
+def test_the_table1_dry_run_prints_seven_cells_and_gpu_hours_without_cifar10(tmp_path):
+    """Done-when of the studies issue: the plan and an estimate, on a machine without CIFAR-10, writing nothing."""
+    speed = tmp_path / "speed.json"
+    speed.write_text('{"settings": {"model": "resnet18", "batch_size": 512, "precision": "bf16"}, '
+                     '"device": {"device": "GPU X"}, "rows": [{"method": "at", "train_attack": "pgd", '
+                     '"attack_steps": 10, "images_per_s": 1000.0}]}')
+    res = CliRunner().invoke(main, ["run", "--config", str(TABLE1), "--dry-run", "--speed-json", str(speed),
+                                    "--results", str(tmp_path / "none"), "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    cells = [line for line in res.output.splitlines() if " seed 0 " in line]
+    assert [line.split()[1].split("/")[0] for line in cells] == [m for m, _ in TABLE1_ROWS] and not (tmp_path / "none").exists()
+    # at/pgd measured: 100 epochs x 49,000 images / 1,000 images/s; lrat saa+cw from 11,000 steps/s: x (60 + 10 + 1)
+    assert "1.36 h" in cells[0] and f"{100 * 49000 * 71 / 11000 / 3600:.2f} h" in cells[6]
+    assert "GPU-hours" in res.output and "GPU X" in res.output and "batch_size 128" in res.output
