@@ -78,7 +78,10 @@ def _given(ctx: click.Context) -> set[str]:
 @click.option("--train-subset", type=int, default=None, help="Class-balanced training subset size.")
 @click.option("--val-size", type=int, default=512, show_default=True, help="Validation split carved from training.")
 @click.option("--test-subset", type=int, default=None, help="Test points to evaluate (class-balanced; first N on CIFAR).")
-@click.option("--eval-batch-size", type=int, default=256, show_default=True)
+@click.option("--eval-batch-size", type=int, default=256, show_default=True,
+              help="Evaluation batch (AutoAttack's too): as large as fits; recorded, its random starts depend on it.")
+@click.option("--eval-precision", type=click.Choice(["fp32", "tf32"]), default="fp32", show_default=True,
+              help="Reported numbers in fp32 with TF32 off; tf32 is faster on GPUs (its own eval group, recorded).")
 @click.option("--checkpoints", default="best,last", show_default=True,
               help="Checkpoints to evaluate: best (on the validation split), last, epochN (kept while training, "
                    "e.g. epoch60); `bench eval` adds best/last later.")

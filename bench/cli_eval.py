@@ -56,12 +56,14 @@ def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
 @click.option("--checkpoint", default="best,last", show_default=True,
               help="Comma-separated: best, last, epochN (an epoch checkpoint kept when the run trained).")
 @click.option("--eval-batch-size", type=int, default=256, show_default=True)
+@click.option("--eval-precision", type=click.Choice(["fp32", "tf32"]), default="fp32", show_default=True,
+              help="fp32 with TF32 off (reported numbers), or tf32 (faster on GPUs; its own eval group).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
 @click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @usage_errors
-def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size, seed,
-                 data_dir, device):
+def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size,
+                 eval_precision, seed, data_dir, device):
     """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
     store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
     AutoAttack resumes from its state file. Exit code 1 if a guard refused a run (or another process held
@@ -103,7 +105,8 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             if b is not None:
                 check_eps(b, threat_model, info.in_channels * info.image_size ** 2)
             jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
-                                                    batch_size=eval_batch_size, seed=seed, checkpoints=ckpts)))
+                                                    batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
+                                                    precision=eval_precision)))
     _evaluate(store, jobs, data_dir, device)
 
 

@@ -16,6 +16,7 @@ from bench.names import UsageError
 
 ThreatModel = Literal["linf", "l2"]
 Precision = Literal["fp32", "bf16"]
+EvalPrecision = Literal["fp32", "tf32"]  # reported numbers: fp32 with TF32 off unless asked
 BNMode = Literal["eval", "train"]
 
 
@@ -110,5 +111,5 @@ class EvalConfig:
     test_subset: int | None = None
     batch_size: int = 256
     seed: int = 0
-    precision: Precision = "fp32"
+    precision: EvalPrecision = "fp32"
     checkpoints: tuple[str, ...] = ("best", "last")

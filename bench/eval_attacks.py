@@ -215,5 +215,5 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
     warnings = list(dict.fromkeys(collector.messages))
     for w in warnings:
         log.warning("AutoAttack check (%s): %s", name, w)
-    info = {"eval_precision": "fp32", "eval_tf32": allow_tf32}
+    info = {"eval_precision": "tf32" if allow_tf32 else "fp32", "eval_tf32": allow_tf32}
     return EvalOutcome(flags.bool().cpu(), warnings, resumed, info)

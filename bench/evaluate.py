@@ -108,7 +108,7 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
     shared = points_columns(test)
     rows = []
     for ckpt in ecfg.checkpoints:
-        group = eval_group(ckpt, ecfg.threat_model, eps, len(y))
+        group = eval_group(ckpt, ecfg.threat_model, eps, len(y), ecfg.precision)
         ckpt_epoch = _checkpoint_epoch(history, ckpt)
         model, model_guards = None, []
         for attack in ecfg.attacks:
@@ -127,7 +127,8 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
             state = store.eval_path(run_id, group, attack).with_name(f"{attack}.aa_state")
             t0 = time.perf_counter()
             outcome = run_eval_attack(model, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
-                                      batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None)
+                                      batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None,
+                                      allow_tf32=ecfg.precision == "tf32")
             guards = model_guards + [check_autoattack(outcome.warnings, attack in AA_NAMES)]
             extra = {**shared, **outcome.info, "eval_batch_size": ecfg.batch_size, "aa_resumed": outcome.resumed,
                      **columns(guards)}

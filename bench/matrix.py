@@ -8,7 +8,7 @@ the eval suite and the method parameters, in sections that mirror `bench run`'s 
               (method, train attack) pairs only, as a paper's table has them
     [train]   epochs, batch_size, lr, lr_scale, precision, weight_decay, eps, attack_steps, step_size,
               train_subset, val_size
-    [eval]    attacks, test_subset, batch_size, threat_model, eps
+    [eval]    attacks, test_subset, batch_size, threat_model, eps, precision, checkpoints
     [method_params.<method>]  name = value, e.g. [method_params.gairat] lam = -1.0
 
 A flag the user actually typed overrides the file; a key missing from both takes the flag's default. Every
@@ -108,6 +108,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "batch_size": ("eval_batch_size", _int, "an integer"),
         "threat_model": ("threat_model", lambda v: v in ("linf", "l2"), "\"linf\" or \"l2\""),
         "eps": ("eval_eps", _eps, "a number or a string such as \"8/255\""),
+        "precision": ("eval_precision", lambda v: v in ("fp32", "tf32"), "\"fp32\" or \"tf32\""),
         "checkpoints": ("checkpoints", _str_list, "a list of \"best\", \"last\", \"epochN\""),
     },
 }
@@ -329,7 +330,8 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
         eval_eps = (parse_eps(values["eval_eps"], threat_model) if values["eval_eps"] is not None
                     else _default_eval_eps(info.name, threat_model))
         ecfg = EvalConfig(attacks=suite, eps=eval_eps, threat_model=threat_model, test_subset=values["test_subset"],
-                          batch_size=values["eval_batch_size"], checkpoints=checkpoints)
+                          batch_size=values["eval_batch_size"], checkpoints=checkpoints,
+                          precision=values["eval_precision"])
         for model in models or ["small-cnn" if info.image_size == 28 else "resnet18"]:
             base = TrainConfig(method="at", train_attack="pgd", dataset=info.name, model=model, eps=eps,
                                attack_steps=values["attack_steps"], attack_step_size=step,

@@ -46,7 +46,7 @@ def is_complete(store: Store, cell: Cell, n_test: int | None = None) -> bool:
     n = n_test if n_test is not None else cell.eval.test_subset
     if n is None:  # the whole test set, size unknown without the data: trust DONE
         return True
-    return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n), a).exists()
+    return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n, cell.eval.precision), a).exists()
                for c in cell.eval.checkpoints for a in cell.eval.attacks)
 
 

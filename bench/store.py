@@ -75,8 +75,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def eval_group(checkpoint: str, threat_model: str, eps: float, n_eval: int) -> str:
-    return f"{checkpoint}-{threat_model}-eps{eps:.6g}-n{n_eval}"
+def eval_group(checkpoint: str, threat_model: str, eps: float, n_eval: int, precision: str = "fp32") -> str:
+    """The folder of one evaluation setting; TF32 results get their own (they may differ in the last flags)."""
+    return f"{checkpoint}-{threat_model}-eps{eps:.6g}-n{n_eval}" + ("" if precision == "fp32" else f"-{precision}")
 
 
 class Store:

@@ -114,5 +114,5 @@ def test_dry_run_writes_nothing_even_to_a_new_directory(tmp_path):
     assert res.exit_code == 0, res.output
     assert not target.exists()
     lines = res.output.strip().splitlines()
-    assert len(lines) == 5 and all(line.split()[0] == "pending" for line in lines[:4])
-    assert "4 cells: 0 finished, 0 running, 0 failed, 4 pending" in lines[4]
+    assert len(lines) == 6 and all(line.split()[0] == "pending" for line in lines[:4])
+    assert "4 cells: 0 finished, 0 running, 0 failed, 4 pending" in lines[4] and "--speed-json" in lines[5]

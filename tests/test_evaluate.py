@@ -2,6 +2,8 @@
 RobustBench test order on CIFAR, and the `bench eval` command (exit codes, nothing written on bad input)."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import pickle
 
@@ -311,3 +313,14 @@ def test_seen_means_the_same_attack_family_threat_model_and_budget():
     assert not is_seen("pgd20", "pgd", threat_model="l2")  # training attacks are L-inf
     assert not is_seen("pgd20", "pgd", "linf", eval_eps=0.2, train_eps=0.1)  # a larger budget was never simulated
     assert is_seen("pgd20", "pgd", "linf", eval_eps=0.1, train_eps=0.1)
+
+
+def test_tf32_evaluation_is_recorded_and_kept_apart_from_fp32(stored, test_split):
+    store, run_id = stored
+    fp32 = evaluate_run(store, run_id, suite("natural"), test_split, torch.device("cpu"))
+    tf32 = evaluate_run(store, run_id, dataclasses.replace(suite("natural"), precision="tf32"), test_split,
+                        torch.device("cpu"))
+    assert (fp32[0]["eval_precision"], fp32[0]["eval_tf32"]) == ("fp32", False)
+    assert (tf32[0]["eval_precision"], tf32[0]["eval_tf32"]) == ("tf32", True)
+    assert store.read_eval(run_id, eval_group("best", "linf", 0.02, N, "tf32"), "natural") is not None
+    assert store.read_eval(run_id, eval_group("best", "linf", 0.02, N), "natural")["row"]["eval_precision"] == "fp32"
