@@ -173,6 +173,17 @@ def test_attack_runs_in_eval_mode_and_loss_in_train_mode(tiny_model, batch):
     assert seen == [False] and tiny_model.training
 
 
+def test_attacks_run_with_frozen_weights_and_accumulate_no_weight_gradient(tiny_model, batch):
+    """The issue's GPU path: input gradients only. Inside the attack no weight requires grad; afterwards all do
+    again, and a real PGD attack has left every .grad empty."""
+    seen = []
+    spy = lambda model, x, y: seen.append([p.requires_grad for p in model.parameters()]) or type("R", (), {"x_adv": x})()
+    run_attack(tiny_model.train(), spy, *batch, bn_mode="eval")
+    assert seen and not any(seen[0]) and all(p.requires_grad for p in tiny_model.parameters())
+    run_attack(tiny_model, context("pgd").attacks[0], *batch, bn_mode="eval")
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
 def test_method_params_are_validated():
     with pytest.raises(UsageError, match="Did you mean: lam"):
         build_method("gairat", {"lamb": "0"})
