@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import parse_checkpoint
-from bench.names import UsageError, split_list, suggest
+from bench.names import METHOD_ALIASES, UsageError, split_list, suggest
 from bench.report_stats import flag_matrix
 from bench.store import Store
 
@@ -31,8 +31,6 @@ ATTACK_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20"
                  "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square", "aa": "AA", "worst": "Worst"}
 METHOD_ORDER = ["at", "gairat", "mail", "lsat", "lrat"]
 METHOD_LABELS = {"at": "AT", "gairat": "GAIRAT", "mail": "MAIL", "lrat": "LRAT", "lsat": "LSAT"}
-# The method registry (methods/__init__.py) imports torch, so its one alias is repeated here.
-METHOD_ALIASES = {"irat": "gairat"}
 TRAIN_ATTACK_ORDER = ["pgd", "cw", "saa", "fgsm"]
 TRAIN_ATTACK_LABELS = {"pgd": "PGD", "cw": "CW", "saa": "SAA", "fgsm": "FGSM"}
 # Per-run config keys that are not part of a variant: they define the setting, or they are the seed.

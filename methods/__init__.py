@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.names import lookup
+from bench.names import METHOD_ALIASES, lookup
 from methods.at import AT
 from methods.base import Method, StepContext, StepOutput
 from methods.gairat import GAIRAT
@@ -13,11 +13,11 @@ from methods.mail import MAIL
 METHODS: dict[str, type[Method]] = {
     "at": AT,
     "gairat": GAIRAT,
-    "irat": GAIRAT,  # alias: the LRAT paper's name for instance-reweighted AT
     "mail": MAIL,
     "lrat": LRAT,
     "lsat": LSAT,
 }
+METHODS.update({alias: METHODS[target] for alias, target in METHOD_ALIASES.items()})  # irat -> gairat
 
 
 def canonical_method(name: str) -> str:
