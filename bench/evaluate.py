@@ -86,8 +86,8 @@ def _checkpoint_epoch(history: list[dict], checkpoint: str) -> int | None:
         return None
     if checkpoint == "last":
         return history[-1]["epoch"]
-    if checkpoint_epoch_number(checkpoint):
-        return checkpoint_epoch_number(checkpoint)
+    if (n := checkpoint_epoch_number(checkpoint)) is not None:
+        return n
     best = [h["epoch"] for h in history if h.get("best")]
     return best[-1] if best else None
 

@@ -138,7 +138,7 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
             ratio = plain / ips
             rows.append({"method": name, "train_attack": attack, "attack_steps": k, "images_per_s": ips,
                          "ratio": ratio, "efficiency": ((2 * k + 3) / 3) / ratio,
-                         **{k: float(v) for k, v in stats.items()}})
+                         **{key: float(v) for key, v in stats.items()}})
     for attack in s.train_attacks:
         at = next((r["images_per_s"] for r in rows if r["method"] == "at" and r["train_attack"] == attack), None)
         for r in rows:

@@ -50,15 +50,21 @@ def frozen_weights(model: torch.nn.Module):
             p.requires_grad_(True)
 
 
-def run_attack(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, bn_mode: str) -> AttackResult:
-    """Run a training attack in the recorded BN mode with frozen weights, then put the model back in train
-    mode (explicitly)."""
+@contextmanager
+def in_bn_mode(model: torch.nn.Module, bn_mode: str):
+    """The model in the recorded BN mode (`attack_bn_mode`) for a pass that is not the loss's, then back in
+    train mode (explicitly)."""
     model.train(bn_mode == "train")
     try:
-        with frozen_weights(model):
-            return attack(model, x, y)
+        yield
     finally:
         model.train(True)
+
+
+def run_attack(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, bn_mode: str) -> AttackResult:
+    """Run a training attack in the recorded BN mode with frozen weights."""
+    with in_bn_mode(model, bn_mode), frozen_weights(model):
+        return attack(model, x, y)
 
 
 def reweighting_started(epoch: int, epochs: int, burn_in: float) -> bool:

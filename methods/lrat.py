@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.losses import ce_loss, prob_margin
-from methods.base import Method, StepContext, StepOutput, run_attack
+from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
 
 
 def lrat_unnormalised(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = 2.0,
@@ -87,11 +87,8 @@ class LRAT(Method):
             need = torch.cat([need, need[:1].expand(pad)])
             xs, ys = x[need], y[need]
             x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
-            model.train(ctx.bn_mode == "train")
-            try:
+            with in_bn_mode(model, ctx.bn_mode):
                 anchor_loss = ce_loss(model(x_star), ys)
-            finally:
-                model.train(True)
             per_example = per_example.index_add(0, need, coef * anchor_loss)
         weights = None if p.weighting == "none" else coefs.flatten()
         return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()})
