@@ -31,7 +31,7 @@ from bench.names import UsageError
 from bench.provenance import provenance
 from bench.train import RuntimeOptions, autocast, train_run, tune_for
 from bench.train_attacks import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
-from methods import StepContext, build_method
+from methods import StepContext, StepOutput, build_method
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,12 @@ def _synthetic_batch(s: SpeedSettings, device: torch.device, n: int):
     return x, torch.randint(0, info.num_classes, (n,), generator=g).to(device)
 
 
-def _train_step(model, optimizer, loss_fn):
+def _train_step(optimizer, loss_fn):
+    """The training loop's step (bench/train.py): loss_fn returns a StepOutput."""
     def step():
-        loss = loss_fn()
+        out = loss_fn()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out.backward()
         optimizer.step()
     return step
 
@@ -107,10 +108,10 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
 
     def plain_loss():
         with autocast(device, s.precision):
-            return torch.nn.functional.cross_entropy(model(x).float(), y)
+            return StepOutput(torch.nn.functional.cross_entropy(model(x).float(), y))
 
     model.train()
-    plain = s.batch_size / _timed(_train_step(model, optimizer, plain_loss), s.steps, s.warmup, device)
+    plain = s.batch_size / _timed(_train_step(optimizer, plain_loss), s.steps, s.warmup, device)
     rows = []
     for attack in s.train_attacks:
         cfg = TrainConfig(method="at", train_attack=attack, dataset=s.dataset, model=s.model, eps=s.eps,
@@ -131,10 +132,10 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
                 with autocast(device, s.precision):
                     out = method.loss(model, x, y, ctx)
                 stats.update(out.stats)
-                return out.loss
+                return out
 
             model.train()
-            ips = s.batch_size / _timed(_train_step(model, optimizer, adv_loss), s.steps, s.warmup, device)
+            ips = s.batch_size / _timed(_train_step(optimizer, adv_loss), s.steps, s.warmup, device)
             ratio = plain / ips
             rows.append({"method": name, "train_attack": attack, "attack_steps": k, "images_per_s": ips,
                          "ratio": ratio, "efficiency": ((2 * k + 3) / 3) / ratio,

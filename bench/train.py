@@ -165,18 +165,18 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             with autocast(device, cfg.precision):
                 out = method.loss(step_model, x, y, ctx)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss = out.backward()
             optimizer.step()
             # Summed on the device: reading a loss back stalls a GPU, so it is read once per SYNC_EVERY batches.
-            loss_sum += out.loss.detach().double() * len(y)
+            loss_sum += loss.double() * len(y)
             if out.weights is not None:
                 weights.append(out.weights.float())
             for key, value in out.stats.items():
                 stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
             if (b + 1) % sync_every == 0 or b + 1 == n_batches:
                 if not torch.isfinite(loss_sum):
-                    raise NonFiniteLoss(f"loss is {out.loss.item()} at epoch {epoch + 1}, batch {b + 1}")
-                shown_loss = out.loss.item()
+                    raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1}")
+                shown_loss = loss.item()
             if cb.on_batch:
                 cb.on_batch(epoch, b, n_batches, shown_loss)
         lr = optimizer.param_groups[0]["lr"]

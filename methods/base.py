@@ -34,6 +34,19 @@ class StepOutput:
     loss: torch.Tensor
     weights: torch.Tensor | None = None  # detached weights actually applied, for the history's statistics
     stats: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # per-batch means, averaged per epoch
+    # A term of the loss whose inputs depend on values still on the device (LRAT's anchor: which instances need
+    # it). Called after `loss.backward()` has been queued, so the host waits for those values while the GPU is
+    # busy with that backward instead of draining its queue; returns the term (None: nothing this batch).
+    deferred: Callable[[], torch.Tensor | None] | None = None
+
+    def backward(self) -> torch.Tensor:
+        """Gradients of the whole loss (`loss` + the deferred term; they add up); returns that loss, detached."""
+        self.loss.backward()
+        extra = self.deferred() if self.deferred else None
+        if extra is None:
+            return self.loss.detach()
+        extra.backward()
+        return self.loss.detach() + extra.detach()
 
 
 @contextmanager

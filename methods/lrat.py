@@ -8,7 +8,8 @@ then every coefficient of the batch is divided by one shared Z = mean_i([C - sum
 (Eq. 15), so the mean per-instance total is 1: weights move only inside each (instance, variants) pair, and
 no instance is dropped. [choice] x* (the anchor) is the natural x by default (`anchor=pgd|saa` attack it);
 [choice] t comes from the train-mode logits used for the loss, as MAIL does; [choice] the anchor pass
-covers only the instances whose weights sum below C, in the attack's BN mode (see `LRAT.loss`).
+covers only the instances whose weights sum below C, in the attack's BN mode, after the main backward
+(see `LRAT._anchor_term`).
 
 `lsat` ("locally simulated AT") is the same objective with all w = 1: for one attack it equals `at`.
 """
@@ -73,25 +74,51 @@ class LRAT(Method):
         logits = [model(v) for v in variants]
         anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting)
         per_example = sum(coefs[:, j] * ce_loss(z, y) for j, z in enumerate(logits))
-        # [choice] The anchor term is computed only for the instances that need it (sum_j w_ij < C: for one attack
-        # at the defaults, t > 0.9975, a few per batch at most), in the attack's BN mode: a handful of inputs
-        # then neither sets the batch statistics of a train-mode pass nor moves the running ones, and the extra
-        # pass costs k/n of a step instead of a whole one. Never needed for LSAT, so LSAT-pgd == AT.
         needs_anchor = anchor_coef > 0
-        need = needs_anchor.nonzero().squeeze(1)  # one host sync per step
-        if len(need):
+        weights = None if p.weighting == "none" else coefs.flatten()
+        return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()},
+                          deferred=self._anchor_term(model, x, y, ctx, anchor_coef, needs_anchor))
+
+    def _anchor_term(self, model, x, y, ctx: StepContext, anchor_coef, needs_anchor):
+        """(1/n) sum_i [C - sum_j w_ij]_+ CE(x*_i), deferred (StepOutput.deferred) because which i need it is
+        known only on the device. [choice] Computed only for the instances that need it (sum_j w_ij < C: for one
+        attack at the defaults, t > 0.9975, a few per batch at most), in the attack's BN mode: a handful of
+        inputs then neither sets the batch statistics of a train-mode pass nor moves the running ones, and the
+        extra pass costs k/n of a step instead of a whole one. Never needed for LSAT, so LSAT-pgd == AT."""
+        p, n = self.params, len(y)
+        # The mask goes to the host asynchronously; an event marks its arrival. Waiting for it later waits for
+        # this batch's forward only, not for the backward queued in between: the GPU's queue never drains.
+        ready = None
+        if needs_anchor.is_cuda:
+            mask = torch.empty(n, dtype=torch.bool, pin_memory=True).copy_(needs_anchor, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            mask = needs_anchor
+        amp = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+
+        def anchor_term():
+            if ready is not None:
+                ready.synchronize()
+            need = mask.nonzero().squeeze(1)
+            k = len(need)
+            if not k:
+                return None
             # Padded to a power of two by repeating an index (coefficient 0): each new input shape would make
             # cuDNN autotune and torch.compile recompile; eval-mode BN keeps the copies from touching the rest.
-            pad = (1 << (len(need) - 1).bit_length()) - len(need) if ctx.bn_mode == "eval" else 0
-            coef = torch.cat([anchor_coef[need], anchor_coef.new_zeros(pad)])
+            pad = (1 << (k - 1).bit_length()) - k if ctx.bn_mode == "eval" else 0
             need = torch.cat([need, need[:1].expand(pad)])
+            # From pinned memory, non-blocking: a pageable copy would wait for the queued backward to finish.
+            need = (need.pin_memory() if x.is_cuda else need).to(x.device, non_blocking=True)
+            coef = torch.cat([anchor_coef[need[:k]], anchor_coef.new_zeros(pad)])
             xs, ys = x[need], y[need]
-            x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
-            with in_bn_mode(model, ctx.bn_mode):
-                anchor_loss = ce_loss(model(x_star), ys)
-            per_example = per_example.index_add(0, need, coef * anchor_loss)
-        weights = None if p.weighting == "none" else coefs.flatten()
-        return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()})
+            with torch.autocast(x.device.type, dtype=amp[1], enabled=amp[0]):
+                x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
+                with in_bn_mode(model, ctx.bn_mode):
+                    anchor_loss = ce_loss(model(x_star), ys)
+            return (coef * anchor_loss).sum() / n
+
+        return anchor_term
 
 
 class LSAT(LRAT):

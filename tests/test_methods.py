@@ -13,7 +13,7 @@ from bench.losses import ce_loss
 from bench.names import UsageError
 from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
 from methods import METHODS, StepContext, build_method
-from methods.base import reweighting_started, run_attack
+from methods.base import in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights
 from methods.lrat import lrat_coefficients, lrat_unnormalised
 from methods.mail import mail_weights
@@ -94,9 +94,8 @@ def loss_and_grads(method, model, x, y, ctx, seed=0):
     torch.manual_seed(seed)
     model.train()
     model.zero_grad()
-    out = method.loss(model, x, y, ctx)
-    out.loss.backward()
-    return out.loss.detach(), [p.grad.clone() for p in model.parameters()]
+    loss = method.loss(model, x, y, ctx).backward()
+    return loss, [p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("method,params", [
@@ -150,9 +149,8 @@ def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
     x, y = batch
     torch.manual_seed(0)
     tiny_model.train()
-    out = method.loss(tiny_model, x, y, context(attack))
-    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    out.loss.backward()
+    loss = method.loss(tiny_model, x, y, context(attack)).backward()
+    assert loss.dim() == 0 and torch.isfinite(loss)
     for pname, p in tiny_model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, pname
@@ -192,23 +190,40 @@ def test_method_params_are_validated():
     assert build_method("irat", {"lam": "0"}).params.lam == 0.0
 
 
-def test_lrat_anchor_covers_only_the_needing_instances_in_the_attack_bn_mode(tiny_model, batch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the GPU path (mask copied to pinned memory, event) needs a GPU"))])
+def test_lrat_anchor_covers_only_the_needing_instances_in_the_attack_bn_mode(tiny_model, batch, device):
     """Oracle: the loss by hand, with the anchor CE on the natural inputs of the instances whose weights sum
-    below C, in eval BN mode; BN running statistics move with the adversarial pass only."""
-    x, y = batch
+    below C, in eval BN mode, as one graph; the deferred anchor term (its own backward after the main one)
+    gives the same loss and gradients, and BN running statistics move with the adversarial pass only."""
+    x, y = (t.to(device) for t in batch)
     ctx = context("pgd")
-    params = {"alpha": 1.0, "beta": 1.0, "C": 1.2}  # w = 1 - t: the anchor is needed where t > -0.2
-    model, ref = copy.deepcopy(tiny_model).train(), copy.deepcopy(tiny_model).train()
+    params = {"alpha": 1.0, "beta": 1.0, "C": 1.3}  # w = 1 - t: the anchor is needed where t > -0.3
+    model, ref = copy.deepcopy(tiny_model).to(device).train(), copy.deepcopy(tiny_model).to(device).train()
     torch.manual_seed(0)
     out = build_method("lrat", params).loss(model, x, y, ctx)
+    assert out.deferred is not None
+    loss = out.backward()
     torch.manual_seed(0)
     x_adv = run_attack(ref, ctx.attacks[0], x, y, "eval").x_adv
     logits = ref(x_adv)
     anchor, coefs = lrat_coefficients([logits], y, **params)
     need = anchor > 0
-    assert 0 < int(need.sum()) < len(y)  # the case under test: some instances need the anchor, not all
-    with torch.no_grad():
-        natural_ce = ce_loss(ref.eval()(x), y)
+    k = int(need.sum())
+    assert 0 < k < len(y) and k & (k - 1)  # the case under test: some need the anchor, padded to a power of two
+    with in_bn_mode(ref, "eval"):
+        natural_ce = ce_loss(ref(x), y)
     expected = (coefs[:, 0] * ce_loss(logits, y) + torch.where(need, anchor * natural_ce, 0.0)).mean()
-    assert torch.allclose(out.loss, expected, rtol=0, atol=1e-6)
+    expected.backward()
+    assert torch.allclose(loss, expected.detach(), rtol=0, atol=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6)
     assert torch.equal(model.bn.running_mean, ref.bn.running_mean) and model.training
+
+
+def test_lrat_without_a_needing_instance_has_no_anchor_term(tiny_model, batch):
+    """At the defaults an untrained model's t is far below 0.9975: the deferred term adds nothing, so the step
+    is the weighted CE alone (and LSAT's is AT's, checked bit for bit above)."""
+    torch.manual_seed(0)
+    out = build_method("lrat").loss(tiny_model.train(), *batch, context("pgd"))
+    assert float(out.stats["anchor_share"]) == 0.0 and out.deferred() is None
