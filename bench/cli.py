@@ -166,11 +166,13 @@ def _print_plan(store, cells, grad_steps_per_s, speed) -> None:
     from bench.matrix import cell_hours, cell_sizes, grad_steps
     from bench.status import cell_status, counts, format_table
 
-    rows = [cell_status(store, c.train.run_id, c, cell_sizes(c)[1]) for c in cells]
+    sizes = [cell_sizes(c) for c in cells]  # (training points, test points)
+    rows = [cell_status(store, c.train.run_id, c, n_test) for c, (_, n_test) in zip(cells, sizes)]
     left = [s.state not in ("finished", "running") for s in rows]
-    work = [grad_steps(c, cell_sizes(c)[0], s.epochs_done) if todo else 0 for c, s, todo in zip(cells, rows, left)]
-    hrs = [cell_hours(c, cell_sizes(c)[0], s.epochs_done, speed, grad_steps_per_s) if todo else 0.0
-           for c, s, todo in zip(cells, rows, left)]
+    work = [grad_steps(c, n_train, s.epochs_done) if todo else 0
+            for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
+    hrs = [cell_hours(c, n_train, s.epochs_done, speed, grad_steps_per_s) if todo else 0.0
+           for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
     extra = {"work": [f"{w:>14,} steps" for w in work]}
     if any(h is not None for h in hrs):
         extra["hours"] = [f"{h:>7.2f} h" for h in hrs]

@@ -279,7 +279,7 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
     from bench.eval_attacks import EVAL_ATTACKS
     from bench.models import MODELS
     from bench.names import lookup
-    from bench.train_attacks import TRAIN_ATTACKS, parse_train_attack
+    from bench.train_attacks import HAS_KAPPA, parse_train_attack
     from methods import METHODS, canonical_method
 
     _positive(values, ("epochs", "batch_size", "val_size", "attack_steps", "train_subset", "test_subset",
@@ -312,12 +312,11 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
         raise UsageError("--seeds is empty.")
     file_params, flag_params = values["method_params"]
     overrides = _parse_method_params(file_params, flag_params, methods)
-    kappa = {k: v.has_kappa for k, v in TRAIN_ATTACKS.items()}
     resolved = {}
     for m in methods:
         method = METHODS[m].make(overrides.get(m))
         for a in (a for pm, a in pairs if pm == m):
-            method.check_attacks(tuple(a.split("+")), kappa)
+            method.check_attacks(tuple(a.split("+")), HAS_KAPPA)
         resolved[m] = _params_dict(method.params)
     threat_model = values["threat_model"]
     checkpoints = tuple(dict.fromkeys(parse_checkpoint(c, values["epochs"]) for c in split_list(values["checkpoints"])))
@@ -375,12 +374,6 @@ def learning_rate(lr: float | None, model: str, batch_size: int, scale: str = "n
 def _params_dict(params) -> dict[str, Any]:
     import dataclasses
     return dataclasses.asdict(params)
-
-
-def expand(base: TrainConfig, methods: list[tuple[str, dict]], train_attacks: list[str],
-           seeds: list[int], eval_cfg: EvalConfig) -> list[Cell]:
-    """One cell per (method, train attack, seed). `methods` holds (canonical name, resolved params)."""
-    return expand_pairs(base, list(itertools.product(methods, train_attacks)), seeds, eval_cfg)
 
 
 def expand_pairs(base: TrainConfig, pairs: list[tuple[tuple[str, dict], str]], seeds: list[int],

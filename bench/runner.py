@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from bench.config import checkpoint_epoch_number
 from bench.data import DataBundle, load_data
 from bench.evaluate import evaluate_run
-from bench.matrix import Cell, data_key, expand  # noqa: F401  (Cell and expand are part of this module's API)
+from bench.matrix import Cell, data_key
 from bench.progress import CellProgress, MatrixProgress
 from bench.provenance import provenance
 from bench.status import ATTEMPTS, is_complete  # noqa: F401

@@ -33,6 +33,7 @@ TRAIN_ATTACKS = {
         "FGSM with random start, one step of 1.25 eps (Wong et al. 2020); cheap runs and tests", False,
         lambda c: FGSMRandomStart(c.eps), lambda c: 1),
 }
+HAS_KAPPA = {name: info.has_kappa for name, info in TRAIN_ATTACKS.items()}  # for Method.check_attacks
 
 
 def parse_train_attack(value: str) -> str:

@@ -3,7 +3,6 @@ RobustBench test order on CIFAR, and the `bench eval` command (exit codes, nothi
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import pickle
 

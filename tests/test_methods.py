@@ -11,14 +11,12 @@ import torch
 from bench.config import TrainConfig
 from bench.losses import ce_loss
 from bench.names import UsageError
-from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, build_train_attacks
 from methods import METHODS, StepContext, build_method
 from methods.base import in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights
 from methods.lrat import lrat_coefficients, lrat_unnormalised
 from methods.mail import mail_weights
-
-HAS_KAPPA = {k: v.has_kappa for k, v in TRAIN_ATTACKS.items()}
 
 
 def context(train_attack="pgd", epoch=0, epochs=1, steps=3):
