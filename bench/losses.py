@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 def _other_max(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """max_{i != y} z_i, per row."""
-    masked = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf"))
+    masked = z.scatter(1, y[:, None], float("-inf"))
     return masked.max(dim=1).values
 
 

@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bench.attacks import AttackResult
 from bench.losses import prob_margin
@@ -28,7 +27,7 @@ _apgd_log.setLevel(logging.ERROR)
 
 def top_wrong_classes(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     """(n, k) indices of the k highest-scoring classes other than y, best first."""
-    masked = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    masked = logits.scatter(1, y[:, None], float("-inf"))
     return masked.topk(k, dim=1).indices
 
 
