@@ -56,7 +56,6 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
         methods=tuple(canonical_method(m) for m in split_list(methods)),
         train_attacks=tuple(parse_train_attack(a) for a in split_list(train_attacks)),
         eps=parse_eps(eps) if eps else (0.1 if info.image_size == 28 else 8 / 255), precision=precision,
-        eval_points=eval_points,
-        eval_attacks=eval_names,
-        epoch_images=epoch_images, channels_last=channels_last, compile=compile_model)
+        eval_points=eval_points, eval_attacks=eval_names, epoch_images=epoch_images, channels_last=channels_last,
+        compile=compile_model)
     click.echo(format_table(run_speed(settings, resolve_device(device), json_path)))

@@ -31,7 +31,7 @@ from bench.names import UsageError
 from bench.provenance import provenance
 from bench.train import RuntimeOptions, autocast, train_run, tune_for
 from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
-from methods import StepContext, StepOutput, build_method
+from methods import StepContext, StepOutput, build_method_reweighting_now
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
                           make_attack=lambda n, c=cfg: TRAIN_ATTACKS[n].build(c))
         k = attack_steps_per_example(cfg)
         for name in s.methods:
-            method = build_method(name, {"burn_in": 0.0} if name in ("gairat", "irat", "mail") else {})
+            method = build_method_reweighting_now(name)
             try:  # the same refusal `bench run` gives: skip pairs the method cannot take
                 method.check_attacks(cfg.attack_names, HAS_KAPPA)
             except UsageError:

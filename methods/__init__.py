@@ -1,6 +1,7 @@
 """The method registry: an explicit dict, readable in one screen. Add a method = one file + one line here."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from bench.names import METHOD_ALIASES, lookup
@@ -28,4 +29,12 @@ def build_method(name: str, params: dict[str, Any] | None = None) -> Method:
     return lookup("method", name, METHODS).make(params)
 
 
-__all__ = ["METHODS", "Method", "StepContext", "StepOutput", "build_method", "canonical_method"]
+def build_method_reweighting_now(name: str) -> Method:
+    """The method with its defaults but no plain-AT burn-in (burn_in 0 where it has one): reweighting from the
+    first step, as `bench speed` times it and the tests exercise it."""
+    cls = lookup("method", name, METHODS)
+    has_burn_in = any(f.name == "burn_in" for f in dataclasses.fields(cls.Params))
+    return cls.make({"burn_in": 0.0} if has_burn_in else {})
+
+
+__all__ = ["METHODS", "Method", "StepContext", "StepOutput", "build_method", "build_method_reweighting_now", "canonical_method"]

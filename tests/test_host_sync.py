@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.data import augment_batch, to_float
 from bench.train_attacks import HAS_KAPPA
-from methods import METHODS
+from methods import METHODS, build_method_reweighting_now
 from test_methods import context
 
 # Ops that need a device value on the host: a scalar read, or an output whose size depends on the data.
@@ -55,7 +55,7 @@ def test_the_recorder_sees_host_reads_in_forward_and_backward():
 @pytest.mark.parametrize("name,attack", [(name, attack) for name in sorted(METHODS) for attack in ("pgd", "cw", "fgsm")
                                           if HAS_KAPPA[attack] or not METHODS[name].needs_kappa])
 def test_a_training_step_reads_nothing_back_before_its_backward(name, attack, tiny_model, batch):
-    method = METHODS[name].make({"burn_in": 0.0} if name in ("gairat", "irat", "mail") else {})
+    method = build_method_reweighting_now(name)
     x, y = batch
     torch.manual_seed(0)
     tiny_model.train()

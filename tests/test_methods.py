@@ -12,7 +12,7 @@ from bench.config import TrainConfig
 from bench.losses import ce_loss
 from bench.names import UsageError
 from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, build_train_attacks
-from methods import METHODS, StepContext, build_method
+from methods import METHODS, StepContext, build_method, build_method_reweighting_now
 from methods.base import in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights
 from methods.lrat import lrat_coefficients, lrat_unnormalised
@@ -131,6 +131,9 @@ def test_gairat_reweights_after_burn_in(tiny_model, batch):
 def test_burn_in_schedule():
     assert [reweighting_started(e, 120, 0.5) for e in (59, 60)] == [False, True]  # GAIRAT: from epoch 60
     assert [reweighting_started(e, 120, 0.625) for e in (74, 75)] == [False, True]  # MAIL: from epoch 75
+    # bench speed and the registry-wide tests use the methods without burn-in: read from each Params
+    assert [build_method_reweighting_now(m).params.burn_in for m in ("gairat", "irat", "mail")] == [0.0] * 3
+    assert build_method_reweighting_now("lrat").params == build_method("lrat").params
 
 
 # ---- every registered method x every training attack ----------------------------------------------------
@@ -138,7 +141,7 @@ def test_burn_in_schedule():
 @pytest.mark.parametrize("attack", sorted(TRAIN_ATTACKS))
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
-    method = METHODS[name].make({"burn_in": 0.0} if name in ("gairat", "irat", "mail") else {})
+    method = build_method_reweighting_now(name)
     if method.needs_kappa and not HAS_KAPPA[attack]:
         with pytest.raises(UsageError, match="kappa"):
             method.check_attacks((attack,), HAS_KAPPA)
