@@ -214,7 +214,7 @@ def _print_plan(store, cells, grad_steps_per_s, speed) -> None:
 @click.option("--no-pdf", is_flag=True, help="Write report.tex but do not run pdflatex.")
 @usage_errors
 def report(results, out, datasets, models, methods, train_attacks, checkpoint, baseline, no_pdf):
-    """Paper-ready tables (LaTeX, Markdown, CSV), the seen/unseen gap to a baseline with intervals and McNemar
+    """Paper-ready tables (LaTeX, Markdown, CSV), the seen/related/unseen gap to a baseline with intervals and
     p-values, plots, a compiled PDF and summary.md, from the finished runs in the store (no torch needed).
 
     \b

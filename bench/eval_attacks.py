@@ -36,7 +36,6 @@ AA_NORMS = {"linf": "Linf", "l2": "L2"}
 @dataclass(frozen=True)
 class EvalAttackInfo:
     summary: str
-    trained_by: tuple[str, ...]  # training attacks that simulate it: the cell counts as "seen"
     strength: int  # monotonicity guard: accuracy must not rise with strength (natural 0 < fgsm < pgd < aa)
     params: dict
 
@@ -52,19 +51,19 @@ def build_pgd(name: str, eps: float, threat_model: str) -> PGD:
 
 
 EVAL_ATTACKS: dict[str, EvalAttackInfo] = {
-    "natural": EvalAttackInfo("clean accuracy", (), 0, {}),
-    "fgsm": EvalAttackInfo("FGSM, one step of eps, no random start", ("fgsm",), 1, {"steps": 1}),
-    "pgd20": EvalAttackInfo("PGD-20 on CE, step eps/4, uniform random start", ("pgd",), 2,
+    "natural": EvalAttackInfo("clean accuracy", 0, {}),
+    "fgsm": EvalAttackInfo("FGSM, one step of eps, no random start", 1, {"steps": 1}),
+    "pgd20": EvalAttackInfo("PGD-20 on CE, step eps/4, uniform random start", 2,
                             {"steps": 20, "step_size": "eps/4"}),
-    "cw20": EvalAttackInfo("PGD-20 on the CW margin loss, kappa_c = 0 [choice], step eps/4", ("cw",), 2,
+    "cw20": EvalAttackInfo("PGD-20 on the CW margin loss, kappa_c = 0 [choice], step eps/4", 2,
                            {"steps": 20, "step_size": "eps/4", "cw_kappa": 0.0}),
-    "aa": EvalAttackInfo("AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), pyautoattack", ("saa",), 3,
+    "aa": EvalAttackInfo("AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), pyautoattack", 3,
                          {"version": "standard"}),
-    "apgd-ce": EvalAttackInfo("AutoAttack's APGD-CE alone (standard settings)", ("pgd",), 2, {"version": "custom"}),
-    "apgd-t": EvalAttackInfo("AutoAttack's APGD-T alone (9 targets, standard settings)", ("saa",), 2,
+    "apgd-ce": EvalAttackInfo("AutoAttack's APGD-CE alone (standard settings)", 2, {"version": "custom"}),
+    "apgd-t": EvalAttackInfo("AutoAttack's APGD-T alone (9 targets, standard settings)", 2,
                              {"version": "custom"}),
-    "fab-t": EvalAttackInfo("AutoAttack's FAB-T alone (standard settings)", (), 2, {"version": "custom"}),
-    "square": EvalAttackInfo("AutoAttack's Square alone (5000 queries)", (), 2, {"version": "custom"}),
+    "fab-t": EvalAttackInfo("AutoAttack's FAB-T alone (standard settings)", 2, {"version": "custom"}),
+    "square": EvalAttackInfo("AutoAttack's Square alone (5000 queries)", 2, {"version": "custom"}),
 }
 # What Square is compared with (guards.check_square): AutoAttack's own white-box attacks, as in its
 # check_square_sr. FGSM and PGD-20 are left out: Square (5000 queries) beating them is expected, not masking.

@@ -28,6 +28,7 @@ from bench.guards import (check_autoattack, check_model, check_monotone, check_s
                           merge_columns)
 from bench.names import UsageError
 from bench.provenance import provenance
+from bench.relations import attack_relation
 from bench.store import SCHEMA_VERSION, Store, decode_flags, eval_group, load_run
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,11 @@ GROUP_COLUMNS = ("n_examples", "test_points", "points_sha")  # shared by every r
 
 
 def is_seen(eval_attack: str, train_attack: str, threat_model: str = "linf", eval_eps: float | None = None,
-            train_eps: float | None = None) -> bool:
-    """The eval attack was simulated in training: same attack family, and the same threat model and budget
-    (every training attack is L-inf at the training eps; an L2 or larger-eps evaluation is unseen)."""
-    if threat_model != "linf" or (eval_eps is not None and train_eps is not None and abs(eval_eps - train_eps) > 1e-9):
-        return False
-    trained = set(train_attack.split("+"))
-    return bool(trained & set(EVAL_ATTACKS[eval_attack].trained_by)) if eval_attack in EVAL_ATTACKS else False
+            train_eps: float | None = None, method_params: dict[str, Any] | None = None) -> bool:
+    """The eval attack is the training attack's own loss and algorithm, under the training's threat model and
+    budget (bench/relations.py: `attack_relation(...) == "seen"`)."""
+    return attack_relation(eval_attack, train_attack, method_params, threat_model=threat_model,
+                           eval_eps=eval_eps, train_eps=train_eps) == "seen"
 
 
 def resolve_eval_eps(dataset: str, train_eps: float, ecfg: EvalConfig) -> float:
@@ -64,6 +63,13 @@ def points_columns(test: Split) -> dict[str, Any]:
     return {"n_examples": n, "test_points": "first-n" if first_n else "balanced-subset", "points_sha": digest[:16]}
 
 
+def relation_columns(attack: str, train: dict[str, Any], threat_model: str, eval_eps: float) -> dict[str, Any]:
+    """`attack_relation` (seen | related | unseen) and `seen` (true only for seen) of one row."""
+    relation = attack_relation(attack, train["train_attack"], train.get("method_params"), threat_model=threat_model,
+                               eval_eps=eval_eps, train_eps=train["eps"])
+    return {"attack_relation": relation, "seen": relation == "seen"}
+
+
 def make_row(config: dict[str, Any], checkpoint: str, checkpoint_epoch: int | None, attack: str, flags,
              eval_eps: float, ecfg: EvalConfig, seconds: float, warnings: list[str], prov: dict[str, str],
              extra: dict[str, Any] | None = None) -> dict:
@@ -74,7 +80,7 @@ def make_row(config: dict[str, Any], checkpoint: str, checkpoint_epoch: int | No
            "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch, "eval_attack": attack,
            "eval_eps": eval_eps, "threat_model": ecfg.threat_model, "n_eval": n,
            "n_robust": int(sum(bool(f) for f in flags)), "eval_seed": ecfg.seed, "eval_precision": ecfg.precision,
-           "seen": is_seen(attack, train["train_attack"], ecfg.threat_model, eval_eps, train["eps"]), "eval_seconds": seconds,
+           **relation_columns(attack, train, ecfg.threat_model, eval_eps), "eval_seconds": seconds,
            "warnings": " | ".join(dict.fromkeys(warnings)), "schema_version": SCHEMA_VERSION, **prov,
            **(extra or {})}
     row["accuracy"] = row["n_robust"] / n if n else float("nan")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.config import parse_checkpoint
 from bench.names import METHOD_ALIASES, UsageError, split_list, suggest
+from bench.relations import row_relation
 from bench.report_stats import flag_matrix
 from bench.store import Store
 
@@ -84,8 +85,16 @@ class Variant:
     train_attack: str
     run_ids: tuple[str, ...]
     seeds: tuple[int, ...]
-    seen: frozenset[str]
+    # eval attack -> seen | related | unseen (bench/relations.py), as stored in the rows of its first run
+    relations: Mapping[str, str] = field(default_factory=dict)
     reference: bool = False  # added only as the baseline's fallback row, not selected by --train-attack
+
+    def relation(self, attack: str) -> str:
+        return self.relations.get(attack, "unseen")
+
+    @property
+    def seen(self) -> frozenset[str]:
+        return frozenset(a for a, r in self.relations.items() if r == "seen")
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,7 @@ def build_variants(runs: pd.DataFrame, configs: dict[str, dict]) -> list[Variant
             variants.append(Variant(label=row_label(method, attack) + (f" [{extra}]" if extra else ""),
                                     method=method, train_attack=attack,
                                     run_ids=tuple(r.run_id for r in members),
-                                    seeds=tuple(int(r.seed) for r in members), seen=frozenset()))
+                                    seeds=tuple(int(r.seed) for r in members)))
     return sorted(variants, key=_sort_key)
 
 
@@ -240,6 +249,17 @@ def baseline_for(variant: Variant, baselines: list[Variant]) -> Variant | None:
     pgd = [b for b in baselines if b.train_attack == "pgd"]
     chosen = (same or pgd or [None])[0]
     return None if chosen is None or chosen.label == variant.label else chosen
+
+
+def row_relations(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """run_id -> {eval attack: relation}: the stored `attack_relation`, or for rows written before it existed
+    the same rule applied to the row's own columns (bench/relations.py)."""
+    out: dict[str, dict[str, str]] = {}
+    for row in rows.to_dict("records"):
+        stored = row.get("attack_relation")
+        relation = stored if isinstance(stored, str) else row_relation(row)
+        out.setdefault(row["run_id"], {})[row["eval_attack"]] = relation
+    return out
 
 
 SETTING_COLUMNS = ["dataset", "model", "threat_model", "eval_eps", "n_eval"]
@@ -267,13 +287,13 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
         baselines = [v for v in variants if v.method == sel.baseline]
         needed = {b.label for v in variants if set(v.run_ids) <= selected_runs
                   for b in [baseline_for(v, baselines)] if b is not None}
-        seen = run_rows[run_rows.seen.astype(bool)].groupby("run_id").eval_attack.agg(frozenset).to_dict()
+        relations = row_relations(run_rows)
         kept = []
         for v in variants:
             in_selection = set(v.run_ids) <= selected_runs
             if in_selection or v.label in needed:
                 kept.append(Variant(v.label, v.method, v.train_attack, v.run_ids, v.seeds,
-                                    seen.get(v.run_ids[0], frozenset()), reference=not in_selection))
+                                    relations.get(v.run_ids[0], {}), reference=not in_selection))
         run_ids = {r for v in kept for r in v.run_ids}
         used = run_rows[run_rows.run_id.isin(run_ids)]
         flags = dict(zip(zip(used.run_id, used.eval_attack), flag_matrix(list(used["flags"]))))

@@ -1,8 +1,6 @@
-"""Statistics for `bench report`: mean and spread over seeds, bootstrap intervals over test points, and the
-paired McNemar test against a baseline. numpy and scipy only (the report path never imports torch).
-
-Every statistic here is a mean over test points of a per-point value in [0, 1] (a robust flag, its mean over
-seeds or attacks) or of a paired difference of such values, so one bootstrap serves every table cell.
+"""Statistics for `bench report`: mean and spread over seeds, bootstrap intervals over test points, and every
+gap to a baseline through `bench.stats.paired_gap` (test points as the unit: valid when seeds share points).
+numpy and scipy only (the report path never imports torch).
 """
 from __future__ import annotations
 
@@ -13,18 +11,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from bench.stats import bootstrap_ci, paired_gap
 
 if TYPE_CHECKING:
     from bench.report import Setting, Variant
 
 Aggregate = Literal["all", "mean"]  # over a set of attacks: per-example worst case, or share survived
 
-NOT_AN_ATTACK = ("natural", "worst")  # columns that are neither seen nor unseen attacks
-
-LEVEL = 0.95
-N_RESAMPLES = 2_000  # endpoint Monte Carlo error ~0.06 sd of the mean, 3% of the half-width
-BOOTSTRAP_SEED = 0  # fixed, so a report rendered twice from the same store is identical
+NOT_AN_ATTACK = ("natural", "worst")  # columns that are neither seen, related nor unseen attacks
 
 
 def flag_matrix(flags: Sequence[str]) -> np.ndarray:
@@ -42,50 +37,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1) over seeds; the std is NaN for a single seed."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
-
-
-def bootstrap_ci(values: np.ndarray, level: float = LEVEL, n_resamples: int = N_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval (Efron & Tibshirani 1993) of the mean of `values` over test points.
-
-    Resampling n points with replacement only changes how often each distinct value is drawn, so we draw
-    those counts from a multinomial instead of n indices: the same distribution as scipy.stats.bootstrap
-    (method='percentile'), at a cost independent of n (per-point values take only a few distinct levels).
-    """
-    v = np.asarray(values, dtype=float).ravel()
-    if v.size == 0:
-        return math.nan, math.nan
-    levels, counts = np.unique(v, return_counts=True)
-    draws = np.random.default_rng(seed).multinomial(v.size, counts / v.size, size=n_resamples)
-    means = draws @ levels / v.size
-    tail = (1 - level) / 2
-    lo, hi = np.percentile(means, [100 * tail, 100 * (1 - tail)])
-    return float(lo), float(hi)
-
-
-@dataclass(frozen=True)
-class McNemar:
-    """Paired comparison on the same test points: `b` points only the method gets right, `c` only the
-    baseline; `p` the two-sided exact McNemar p-value."""
-
-    b: int
-    c: int
-    p: float
-
-
-def mcnemar(method: np.ndarray, baseline: np.ndarray) -> McNemar:
-    """Exact McNemar test (McNemar 1947): under H0 each discordant pair favours either side with
-    probability 1/2, so b ~ Binomial(b + c, 1/2). scipy's binomtest is exact and fast at any count, so we
-    never switch to the chi-square approximation (the same p-value as statsmodels' mcnemar(exact=True)).
-
-    `method` and `baseline` are bool arrays of the same shape: (points,) or (paired runs, points), each
-    (run, point) pair counted once (runs paired by seed, see `pair_runs`)."""
-    m, base = np.asarray(method, dtype=bool), np.asarray(baseline, dtype=bool)
-    if m.shape != base.shape:
-        raise ValueError(f"paired flags differ in shape: {m.shape} vs {base.shape}")
-    b, c = int(np.sum(m & ~base)), int(np.sum(~m & base))
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
-    return McNemar(b, c, p)
 
 
 def pair_runs(method_seeds: Sequence[int], baseline_seeds: Sequence[int]) -> list[tuple[int, int]]:
@@ -137,7 +88,7 @@ def cell_stats(setting: Setting) -> pd.DataFrame:
             lo, hi = bootstrap_ci(m.mean(axis=0))
             flagged = [g for r in v.run_ids if (r, a) in setting.flags for g in (setting.guards.get((r, a)) or {})]
             out.append({"variant": v.label, "method": v.method, "train_attack": v.train_attack, "eval_attack": a,
-                        "seen": a in v.seen, "mean": 100 * mean, "std": 100 * std, "ci_low": 100 * lo,
+                        "seen": a in v.seen, "relation": v.relation(a), "mean": 100 * mean, "std": 100 * std, "ci_low": 100 * lo,
                         "ci_high": 100 * hi, "n_seeds": len(seeds), "n_points": m.shape[1],
                         "reference": v.reference, "guards_flagged": ",".join(dict.fromkeys(flagged))})
     df = pd.DataFrame(out)
@@ -185,27 +136,27 @@ def best_in_column(cells: pd.DataFrame) -> pd.Series:
     return shown == shown.groupby(cells["eval_attack"]).transform("max")
 
 
+GAP_KEYS = ("acc", "acc_std", "base", "gap", "gap_low", "gap_high", "gap_seed_sd", "b", "c", "p")
+
+
 def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], how: Aggregate) -> dict[str, float]:
-    """Accuracy of v, of the baseline, their gap with a paired bootstrap interval over test points, and
-    (for binary outcomes) McNemar on seed-paired runs. Empty `attacks` gives NaNs."""
-    nan = {"acc": math.nan, "acc_std": math.nan, "base": math.nan, "gap": math.nan, "gap_low": math.nan,
-           "gap_high": math.nan, "b": math.nan, "c": math.nan, "p": math.nan}
+    """Accuracy of v and of the baseline over `attacks`, and `paired_gap` on their seed-paired runs: the gap,
+    its bootstrap interval over test points, the sd of the per-seed gaps and the sign-flip p-value; b and c
+    count the discordant (run, point) pairs of a binary outcome. Empty `attacks` gives NaNs."""
+    nan = dict.fromkeys(GAP_KEYS, math.nan)
     if not attacks:
         return nan
     seeds, m = run_matrix(setting, v, attacks, how)
     base_seeds, bm = run_matrix(setting, base, attacks, how)
     if not seeds or not base_seeds:
         return nan
-    diff = m.mean(axis=0) - bm.mean(axis=0)  # per point, each side averaged over its own seeds
-    lo, hi = bootstrap_ci(diff)
+    pairs = pair_runs(seeds, base_seeds)
+    g = paired_gap(m[[i for i, _ in pairs]], bm[[j for _, j in pairs]])
     acc, std = mean_std(m.mean(axis=1))
-    res = {"acc": 100 * acc, "acc_std": 100 * std, "base": 100 * bm.mean(), "gap": 100 * diff.mean(),
-           "gap_low": 100 * lo, "gap_high": 100 * hi, "b": math.nan, "c": math.nan, "p": math.nan}
-    if how == "all":
-        pairs = pair_runs(seeds, base_seeds)
-        test = mcnemar(m[[i for i, _ in pairs]], bm[[j for _, j in pairs]])
-        res.update(b=test.b, c=test.c, p=test.p)
-    return res
+    binary = how == "all"
+    return {"acc": 100 * acc, "acc_std": 100 * std, "base": 100 * bm.mean(), "gap": g.gap, "gap_low": g.low,
+            "gap_high": g.high, "gap_seed_sd": g.seed_sd, "b": g.b if binary else math.nan,
+            "c": g.c if binary else math.nan, "p": g.p}
 
 
 def common_attacks(setting: Setting, *variants: Variant) -> list[str]:
@@ -214,30 +165,36 @@ def common_attacks(setting: Setting, *variants: Variant) -> list[str]:
     return [a for a in setting.attacks if all((r, a) in setting.flags for r in runs)]
 
 
+GAP_GROUPS = (("seen", "seen", "all"), ("related", "related", "all"), ("unseen_mean", "unseen", "mean"),
+              ("unseen_worst", "unseen", "all"))  # (column prefix, relation, aggregate)
+
+
 def gap_stats(setting: Setting, baseline_of: Callable[[Variant], Variant | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(gap table, per-attack comparisons) of every variant against its baseline (`baseline_of(v)`).
 
-    Gap table: seen = the eval attacks simulated in training, scored per example as the worst case over
-    them; unseen = the other attacks (natural and 'worst' excluded), as their mean accuracy and as the
-    per-example worst case. Gaps in points (%), 95% paired bootstrap intervals over test points, exact
-    McNemar p-values where the outcome is binary (seen, unseen worst case, each single attack)."""
+    Gap table: seen, related and unseen attacks kept apart (bench/relations.py; unseen never includes related);
+    seen and related scored per example as the worst case over their attacks, unseen both as the mean
+    accuracy over its attacks and as the per-example worst case (natural and 'worst' are no attack). Every
+    gap is `paired_gap` on seed-paired runs: points, %, bootstrap interval over test points, the sd of the
+    per-seed gaps, and the sign-flip p-value."""
     gaps, per_attack = [], []
     for v in setting.variants:
         base = baseline_of(v)
         if base is None:
             continue
         attacks = common_attacks(setting, v, base)
-        seen = [a for a in attacks if a in v.seen and a not in NOT_AN_ATTACK]
-        unseen = [a for a in attacks if a not in v.seen and a not in NOT_AN_ATTACK]
+        by_relation = {r: [a for a in attacks if a not in NOT_AN_ATTACK and v.relation(a) == r]
+                       for r in ("seen", "related", "unseen")}
         row = {"variant": v.label, "method": v.method, "train_attack": v.train_attack, "baseline": base.label,
-               "seen_attacks": ",".join(seen), "unseen_attacks": ",".join(unseen), "n_seeds": len(v.seeds),
+               "seen_attacks": ",".join(by_relation["seen"]), "related_attacks": ",".join(by_relation["related"]),
+               "unseen_attacks": ",".join(by_relation["unseen"]), "n_seeds": len(v.seeds),
                "n_baseline_seeds": len(base.seeds), "n_points": setting.n_points}
-        for name, subset, how in (("seen", seen, "all"), ("unseen_mean", unseen, "mean"),
-                                  ("unseen_worst", unseen, "all")):
-            row.update({f"{name}_{k}": x for k, x in _compare(setting, v, base, subset, how).items()})
+        for name, relation, how in GAP_GROUPS:
+            row.update({f"{name}_{k}": x for k, x in _compare(setting, v, base, by_relation[relation], how).items()})
         gaps.append(row)
         for a in attacks:
             r = _compare(setting, v, base, [a], "all")
             per_attack.append({"variant": v.label, "baseline": base.label, "eval_attack": a,
-                               "seen": a in v.seen, **r, "n_seeds": len(v.seeds), "n_points": setting.n_points})
+                               "seen": a in v.seen, "relation": v.relation(a), **r, "n_seeds": len(v.seeds),
+                               "n_points": setting.n_points})
     return pd.DataFrame(gaps), pd.DataFrame(per_attack)

@@ -3,8 +3,9 @@
 - main table: the LRAT paper's Table 1 layout (rows = method (training attack), columns = natural and each
   eval attack, accuracy %, mean ± std over seeds, best per column bold, seen cells with a dagger), with the
   95% bootstrap interval over test points on a second line;
-- gap table: seen / unseen-mean / unseen-worst accuracy and the gap to the baseline, intervals, McNemar p;
-- per-attack gaps: the gap to the baseline under each eval attack, with McNemar significance marks;
+- gap table: seen / related / unseen-mean / unseen-worst accuracy and the gap to the baseline, intervals, the
+  spread over seeds and p-values (bench.stats.paired_gap);
+- per-attack gaps: the gap to the baseline under each eval attack, with significance marks;
 - guards: every evaluation guard (bench/guards.py) that flagged a row, with its reason, or one line saying none
   fired; the main table marks the cells those rows feed with a section sign.
 """
@@ -19,13 +20,16 @@ import pandas as pd
 from bench.report import ATTACK_LABELS, attack_order, tex_escape
 from bench.report_stats import GUARD_COLUMNS, GuardSummary, best_in_column, significance
 
-SEEN_NOTE_TEX = r"$^\dagger$: the evaluation attack was simulated in training (seen)."
-SEEN_NOTE_MD = "†: the evaluation attack was simulated in training (seen)."
+SEEN_NOTE_TEX = (r"$^\dagger$: the evaluation attack was simulated in training (seen); $^\ddagger$: related to "
+                 r"the training attack (same loss, another optimiser or step count, or a component of it).")
+SEEN_NOTE_MD = ("†: the evaluation attack was simulated in training (seen); ‡: related to the training attack "
+                "(same loss, another optimiser or step count, or a component of it).")
 GUARD_NOTE_TEX = r"\S: guard flagged: see the Guards table."
 GUARD_NOTE_MD = "§: guard flagged: see the Guards table."
-STARS_TEX = r"exact McNemar test against the baseline on the same test points: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
-STARS_MD = (r"exact McNemar test against the baseline on the same test points: \* p < 0.05, \*\* p < 0.01, "
-            r"\*\*\* p < 0.001")
+TEST_TEXT = ("exact sign-flip test on the per-point, seed-averaged differences (test points as the unit, valid when "
+             "seeds share points; exact McNemar for one seed)")
+STARS_TEX = TEST_TEXT + r" against the baseline: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
+STARS_MD = TEST_TEXT + r" against the baseline: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
 
 
 def finite(x) -> bool:
@@ -83,6 +87,13 @@ def _p_text(p: float, tex: bool) -> str:
     return ("$<0.001$" if tex else "<0.001") if p < 0.001 else f"{p:.3f}"
 
 
+def _relation_mark(cell, tex: bool) -> str:
+    """Dagger for a seen attack, double dagger for a related one (the LRAT paper's "(rel)")."""
+    relation = cell.get("relation", "seen" if cell.get("seen") else "unseen")
+    marks = {"seen": (r"\dagger", "†"), "related": (r"\ddagger", "‡")}.get(relation)
+    return "" if marks is None else marks[0] if tex else marks[1]
+
+
 def _rows_in_order(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["variant"]))
 
@@ -121,10 +132,10 @@ def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
         mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
         std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
         if tex:
-            marks = (r"\dagger" if c["seen"] else "") + (r"\S" if _flagged(c) else "")
-            marks = "" if not marks else r"$^\dagger$" if marks == r"\dagger" else rf"$^{{{marks}}}$"
+            marks = _relation_mark(c, tex) + (r"\S" if _flagged(c) else "")
+            marks = rf"$^{{{marks}}}$" if marks else ""
         else:
-            marks = (" †" if c["seen"] else "") + (" §" if _flagged(c) else "")
+            marks = (" " + _relation_mark(c, tex) if _relation_mark(c, tex) else "") + (" §" if _flagged(c) else "")
         return mean + std + marks, _interval(c["ci_low"], c["ci_high"], tex)
 
     rows, subs = _grid_rows(cells.assign(best=best_in_column(cells)), attacks,
@@ -156,37 +167,43 @@ def main_table_markdown(cells: pd.DataFrame, selection: str, baseline_note: str 
 
 # ---- gap table ----------------------------------------------------------------------------------------------
 
-GAP_HEADER = ["Method (train attack)", "Baseline", "Seen", r"$\Delta$ seen", "p", "Unseen mean",
-              r"$\Delta$ unseen mean", "Unseen worst", r"$\Delta$ unseen worst", "p"]
+def _gap_groups(gaps: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column prefix, header) of the gap table's groups; related only where any row has a related attack."""
+    groups = [("seen", "Seen"), ("related", "Related"), ("unseen_mean", "Unseen mean"),
+              ("unseen_worst", "Unseen worst")]
+    has_related = "related_attacks" in gaps and gaps["related_attacks"].fillna("").astype(bool).any()
+    return [g for g in groups if g[0] != "related" or has_related]
 
 
 def gap_grid(gaps: pd.DataFrame, tex: bool) -> Grid:
-    header = GAP_HEADER if tex else [h.replace(r"$\Delta$", "Δ") for h in GAP_HEADER]
+    delta = r"$\Delta$" if tex else "Δ"
+    groups = _gap_groups(gaps)
+    header = ["Method (train attack)", "Baseline"]
+    for _, title in groups:
+        header += [title, f"{delta} {title[0].lower() + title[1:]}", "p"]
     rows, subs = [], []
     for g in gaps.to_dict("records"):
         name = tex_escape if tex else str
         row, sub = [name(g["variant"]), name(g["baseline"])], ["", ""]
-        for key, with_p in (("seen", True), ("unseen_mean", False), ("unseen_worst", True)):
-            acc = g[f"{key}_acc"]
-            row += [f"{acc:.2f}" if finite(acc) else "--", _signed(g[f"{key}_gap"], tex)]
-            sub += ["", _interval(g[f"{key}_gap_low"], g[f"{key}_gap_high"], tex)]
-            if with_p:
-                row.append(_p_text(g[f"{key}_p"], tex))
-                sub.append("")
+        for key, _ in groups:
+            acc, sd = g[f"{key}_acc"], g.get(f"{key}_gap_seed_sd", math.nan)
+            row += [f"{acc:.2f}" if finite(acc) else "--", _signed(g[f"{key}_gap"], tex), _p_text(g[f"{key}_p"], tex)]
+            spread = f" sd {sd:.1f}" if finite(sd) else ""
+            sub += ["", _interval(g[f"{key}_gap_low"], g[f"{key}_gap_high"], tex) + spread, ""]
         rows.append(row)
         subs.append(sub)
     return Grid(header, rows, subs)
 
 
 def _attack_sets(gaps: pd.DataFrame, tex: bool) -> str:
-    """'PGD-20 seen, CW-20 and AA unseen for GAIRAT (PGD), ...': which attacks each column aggregates."""
-    def names(csv: str) -> str:
-        return ", ".join(ATTACK_LABELS.get(a, a) for a in csv.split(",")) if csv else "none"
-    groups: dict[tuple[str, str], list[str]] = {}
+    """'seen PGD-20, related FGSM, unseen CW-20 and AA for GAIRAT (PGD), ...': what each column aggregates."""
+    def names(csv) -> str:
+        return ", ".join(ATTACK_LABELS.get(a, a) for a in csv.split(",")) if isinstance(csv, str) and csv else "none"
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for g in gaps.to_dict("records"):
-        groups.setdefault((g["seen_attacks"], g["unseen_attacks"]), []).append(g["variant"])
-    parts = [f"seen {names(s)}, unseen {names(u)} for " + ", ".join(tex_escape(v) if tex else v for v in vs)
-             for (s, u), vs in groups.items()]
+        groups.setdefault((g["seen_attacks"], g.get("related_attacks", ""), g["unseen_attacks"]), []).append(g["variant"])
+    parts = [f"seen {names(s)}, related {names(r)}, unseen {names(u)} for "
+             + ", ".join(tex_escape(v) if tex else v for v in vs) for (s, r, u), vs in groups.items()]
     return "; ".join(parts)
 
 
@@ -195,12 +212,14 @@ def gap_caption(gaps: pd.DataFrame, selection: str, tex: bool) -> str:
     base_seeds = count_text(gaps["n_baseline_seeds"].tolist(), "seed")
     points = count_text(gaps["n_points"].unique().tolist(), "test point")
     pct, delta = (r"\%", r"$\Delta$") if tex else ("%", "Δ")
-    text = (f"Seen versus unseen attacks on {selection}. Seen: accuracy ({pct}) under the evaluation attacks "
-            f"simulated in training (per-example worst case when several); unseen: mean accuracy over the other "
-            f"attacks, and the per-example worst case over them. {delta}: method minus baseline in points "
-            f"(averaged over {seeds} per row and {base_seeds} for the baseline), {'below it' if tex else 'then'} "
-            f"the 95{pct} paired bootstrap interval over the {points}; p: exact McNemar test on the same points, "
-            f"discordant pairs pooled over seed-matched runs. Attacks: {_attack_sets(gaps, tex)}.")
+    text = (f"Seen, related and unseen attacks on {selection}. Seen: accuracy ({pct}) under the training attack's "
+            f"own evaluation attack; related: the same loss with another optimiser or step count, or an attack "
+            f"containing it (per-example worst case when several); unseen: the other attacks, as their mean "
+            f"accuracy and as the per-example worst case (never including related ones). {delta}: method minus "
+            f"baseline in points over seed-matched runs ({seeds} per row, {base_seeds} for the baseline), "
+            f"{'below it' if tex else 'then'} the 95{pct} bootstrap interval over the {points} (it covers which "
+            f"test points were drawn) and sd, the standard deviation of the per-seed gaps (how much a new seed "
+            f"moves it); p: {TEST_TEXT}. Attacks: {_attack_sets(gaps, tex)}.")
     return text if tex else text.replace("--", "–")
 
 
@@ -224,11 +243,12 @@ def attack_gap_grid(per_attack: pd.DataFrame, tex: bool) -> Grid:
 
     def cell(c):
         stars = significance(c["p"])
+        relation = _relation_mark(c, tex)
         if tex:
-            marks = stars + (r"\dagger" if c["seen"] else "")
+            marks = stars + relation
             text = rf"${c['gap']:+.2f}^{{{marks}}}$" if marks else _signed(c["gap"], tex)
         else:  # escaped: a bare * is emphasis in Markdown
-            text = _signed(c["gap"], tex) + stars.replace("*", r"\*") + (" †" if c["seen"] else "")
+            text = _signed(c["gap"], tex) + stars.replace("*", r"\*") + (f" {relation}" if relation else "")
         return text, _interval(c["gap_low"], c["gap_high"], tex)
 
     rows, subs = _grid_rows(per_attack, attacks, lead, cell)
@@ -240,7 +260,7 @@ def attack_gap_caption(per_attack: pd.DataFrame, selection: str, tex: bool) -> s
     seeds = count_text(per_attack.groupby("variant")["n_seeds"].max().tolist(), "seed")
     pct = r"\%" if tex else "%"
     return (f"Gap to the baseline (method minus baseline, accuracy points) under each evaluation attack on "
-            f"{selection}, averaged over {seeds} per row, {'below it' if tex else 'then'} the 95{pct} paired "
+            f"{selection}, averaged over {seeds} per row, {'below it' if tex else 'then'} the 95{pct} "
             f"bootstrap interval over the {points}. "
             f"Marks: {STARS_TEX if tex else STARS_MD}. {SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}")
 

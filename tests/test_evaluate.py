@@ -304,14 +304,28 @@ def test_eval_command_leaves_a_run_locked_by_another_process_alone(stored):
     assert not (store.run_dir(run_id) / "evals").exists()
 
 
-def test_seen_means_the_same_attack_family_threat_model_and_budget():
+def test_seen_means_the_training_attack_itself_under_its_threat_model_and_budget():
     from bench.evaluate import is_seen
 
-    assert is_seen("pgd20", "pgd") and is_seen("aa", "saa+cw") and is_seen("cw20", "saa+cw")
+    assert is_seen("pgd20", "pgd") and is_seen("cw20", "saa+cw")
+    assert not is_seen("aa", "saa+cw")  # related (APGD-T is part of AA), not seen: bench/relations.py
     assert not is_seen("cw20", "pgd") and not is_seen("natural", "pgd") and not is_seen("worst", "pgd")
+    assert not is_seen("fgsm", "pgd")  # related: same loss, one step
     assert not is_seen("pgd20", "pgd", threat_model="l2")  # training attacks are L-inf
     assert not is_seen("pgd20", "pgd", "linf", eval_eps=0.2, train_eps=0.1)  # a larger budget was never simulated
     assert is_seen("pgd20", "pgd", "linf", eval_eps=0.1, train_eps=0.1)
+
+
+def test_every_row_records_its_attack_relation(stored, test_split):
+    store, run_id = stored
+    # evaluated at the training eps (0.1, PGD training): pgd20 seen, fgsm related, the rest unseen
+    rows = evaluate_run(store, run_id, suite("natural", "fgsm", "pgd20", eps=0.1), test_split, torch.device("cpu"))
+    relation = {r["eval_attack"]: (r["attack_relation"], r["seen"]) for r in rows}
+    assert relation == {"natural": ("unseen", False), "fgsm": ("related", False), "pgd20": ("seen", True),
+                        "worst": ("unseen", False)}
+    # at another budget nothing was simulated
+    rows = evaluate_run(store, run_id, suite("pgd20", eps=0.02), test_split, torch.device("cpu"))
+    assert rows[0]["attack_relation"] == "unseen" and not rows[0]["seen"]
 
 
 def test_tf32_evaluation_is_recorded_and_kept_apart_from_fp32(stored, test_split):

@@ -88,7 +88,7 @@ def test_the_mark_sits_exactly_on_the_flagged_cell(tmp_path):
     assert {k for k, c in tex.items() if r"\S" in c} == {("GAIRAT (PGD)", "AA")}
     assert {k for k, c in md.items() if "§" in c} == {("GAIRAT (PGD)", "AA")}
     assert tex[("GAIRAT (PGD)", "AA")] == r"\textbf{40.00} $\pm$ 0.00$^{\S}$"  # ties AT: both bold
-    assert tex[("GAIRAT (PGD)", "PGD-20")] == r"\textbf{50.00} $\pm$ 0.00$^\dagger$"  # seen mark unchanged
+    assert tex[("GAIRAT (PGD)", "PGD-20")] == r"\textbf{50.00} $\pm$ 0.00$^{\dagger}$"  # the seen mark alone
     assert "guard flagged: see the Guards table." in out["table.tex"] and r"\S: guard" in out["table.tex"]
     assert "§: guard flagged: see the Guards table." in out["table.md"]
     csv = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index(["variant", "eval_attack"])

@@ -62,17 +62,19 @@ def test_gap_bars_with_intervals_and_missing_values(tables, tmp_path):
     fig = plots.gap_figure(gaps, "at")
     (ax,) = fig.axes
     bars = [p for p in ax.patches if isinstance(p, Rectangle)]
-    assert len(bars) == 3 * len(gaps) == 6  # seen, unseen mean, unseen worst per compared row
+    values = gaps[[f"{k}_gap" for k, _ in plots.GAP_KINDS]].to_numpy(float)
+    kinds = int(np.isfinite(values).any(axis=0).sum())
+    assert kinds == 3  # seen, unseen mean, unseen worst: no related attack in the fixture, so no related slot
+    assert len(bars) == np.isfinite(values).sum() == kinds * len(gaps)
     heights = sorted(b.get_height() for b in bars)
-    expected = sorted(gaps[[f"{k}_gap" for k, _ in plots.GAP_KINDS]].to_numpy().ravel())
-    assert heights == pytest.approx(expected)
+    assert heights == pytest.approx(sorted(values[np.isfinite(values)]))
     assert ax.get_ylabel() == "gap to baseline (accuracy points)"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["GAIRAT (PGD)", "LRAT (CW)"]
     bar_groups = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert len(bar_groups) == 3 and all(c.errorbar is not None for c in bar_groups)  # interval bars on each
+    assert len(bar_groups) == kinds and all(c.errorbar is not None for c in bar_groups)  # interval bars on each
     partial = gaps.copy()
     partial.loc[0, "seen_gap"] = math.nan  # e.g. the seen attack was not evaluated
-    assert len(plots.gap_figure(partial, "at").axes[0].patches) == 5
+    assert len(plots.gap_figure(partial, "at").axes[0].patches) == len(bars) - 1
     pdf, png = plots.save(fig, tmp_path / "gap")
     assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -107,6 +109,30 @@ def test_weights_figure_share_and_histograms(setting):
         values, edges = data.values, data.edges
         assert len(values) == 21 and edges[0] == 0.0 and edges[-2] == 4.0  # 20 bins of 0.2, one overflow
         assert values.sum() == pytest.approx(100.0)
+
+
+def test_weights_figure_draws_relative_weights_when_recorded(setting):
+    """Histories with rw_* (relative weight: 1 = the batch mean) are drawn from those; a frame where some
+    reweighted epochs lack them (older histories) falls back to the raw w_* for every row, never a mix."""
+    hist = plots.history_frame(setting)
+    assert plots.weights_kind(hist) == "raw"  # the fixture's histories carry only w_*
+    rw = hist["w_frac_below_0.2"].notna()
+    counts = [0] * 31
+    counts[10], counts[1] = 900, 100  # relative weight 1.0-1.1 for 90%, 0.1-0.2 for 10%
+    hist["rw_frac_below_0.2"] = np.where(rw, 0.1, np.nan)
+    hist["rw_hist"] = [list(counts) if r else None for r in rw]
+    assert plots.weights_kind(hist) == "relative"
+    share, *panels = plots.weights_figure(hist).axes
+    assert share.get_ylabel() == "instances with relative weight < 0.2 (%)"
+    assert np.allclose(share.get_lines()[0].get_data()[1], 10.0)  # rw's 0.1, not w's share
+    stairs = [p for p in panels[0].patches if isinstance(p, StepPatch)]
+    data = stairs[0].get_data()
+    assert len(data.values) == 31 and data.edges[-2] == 3.0  # 30 bins of 0.1, one overflow
+    assert data.values[10] == pytest.approx(90.0) and data.values[1] == pytest.approx(10.0)
+    assert panels[0].get_xlabel().startswith("relative weight (1 = batch mean")
+    hist.loc[rw[rw].index[0], "rw_frac_below_0.2"] = np.nan  # one old history among new ones
+    assert plots.weights_kind(hist) == "raw"
+    assert plots.weights_figure(hist).axes[0].get_ylabel() == "instances with weight < 0.2 (%)"
 
 
 def test_no_weights_figure_without_reweighted_runs(tmp_path):
