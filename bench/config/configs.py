@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 ThreatModel = Literal["linf", "l2"]
 Precision = Literal["fp32", "bf16"]
@@ -38,7 +38,7 @@ def parse_eps(value: str | float, threat_model: ThreatModel = "linf") -> float:
 def parse_checkpoint(name: str, epochs: int | None = None) -> str:
     """'best' (highest validation PGD accuracy), 'last', or 'epochN' (the model after epoch N, kept only when
     asked for before training: the LRAT paper's Table 1 reports epoch 60 of 100). N <= epochs when given."""
-    from bench.names import suggest
+    from bench.config.names import suggest
 
     key = name.strip().lower()
     if key in ("best", "last"):

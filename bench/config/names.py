@@ -31,6 +31,3 @@ def split_list(value: str | Iterable[str]) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     return tuple(i.strip() for i in items if i.strip())
 
-
-# Other names of methods, here (torch-free) so that `bench report` resolves them without importing methods/.
-METHOD_ALIASES = {"irat": "gairat"}  # the LRAT paper's name for instance-reweighted AT

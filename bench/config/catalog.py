@@ -1,0 +1,190 @@
+"""The catalog: every name, alias, label, display order and default of the harness, in one torch-free place.
+
+The registries (methods/, bench/attacks, bench/data, bench/models) hold the code; they read their labels and
+defaults from here, and tests/test_catalog.py checks that the two agree. The report, `bench status` and
+`bench run --dry-run` read only this module, so they never import torch. Sources of the method defaults are
+cited in docs/methods.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    label: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    augment: bool  # random crop (pad 4) + horizontal flip, as in the CIFAR recipes
+    summary: str
+    n_train: int  # sizes of the source splits, for plans made without the files (`bench run --dry-run`)
+    n_test: int
+    eps_linf: float  # the usual budgets of the literature for this data
+    eps_l2: float
+
+    @property
+    def default_model(self) -> str:
+        return DEFAULT_MODEL_BY_IMAGE_SIZE.get(self.image_size, "resnet18")
+
+
+_SMALL = {"eps_linf": 0.1, "eps_l2": 1.5}  # (Fashion-)MNIST: 0.1 (TRADES/MART MNIST), L2 1.5
+_CIFAR = {"eps_linf": 8 / 255, "eps_l2": 0.5}  # CIFAR/SVHN: RobustBench's 8/255 and 0.5
+
+DATASETS: dict[str, DatasetEntry] = {
+    "fashion-mnist": DatasetEntry("Fashion-MNIST", 10, 1, 28, False,
+                                  "Fashion-MNIST (embedded default; Debian package or torchvision)", 60000, 10000,
+                                  **_SMALL),
+    "mnist": DatasetEntry("MNIST", 10, 1, 28, False, "MNIST through torchvision", 60000, 10000, **_SMALL),
+    "cifar10": DatasetEntry("CIFAR-10", 10, 3, 32, True, "CIFAR-10 through torchvision (RobustBench test order)",
+                            50000, 10000, **_CIFAR),
+    "cifar100": DatasetEntry("CIFAR-100", 100, 3, 32, True,
+                             "CIFAR-100 through torchvision (RobustBench test order)", 50000, 10000, **_CIFAR),
+    "svhn": DatasetEntry("SVHN", 10, 3, 32, True, "SVHN through torchvision", 73257, 26032, **_CIFAR),
+    "synthetic": DatasetEntry("synthetic", 10, 1, 28, False, "tiny generated 28x28 data for tests (no files)",
+                              1536, 512, **_SMALL),
+}
+DEFAULT_DATASET = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    label: str  # the architecture's name, as RobustBench's model_info writes it
+    summary: str
+    lr: float  # default SGD learning rate at batch 128
+
+
+MODELS: dict[str, ModelEntry] = {
+    "small-cnn": ModelEntry("SmallCNN", "TRADES SmallCNN for 28x28 inputs (~0.3M parameters)", 0.05),
+    "resnet18": ModelEntry("ResNet-18", "ResNet-18, CIFAR form (11M)", 0.1),
+    "preact-resnet18": ModelEntry("PreActResNet-18", "PreAct ResNet-18, CIFAR form (11M)", 0.1),
+    "wrn-34-10": ModelEntry("WideResNet-34-10", "WideResNet-34-10 (46M), as in TRADES/GAIRAT/MAIL", 0.1),
+}
+DEFAULT_MODEL_BY_IMAGE_SIZE = {28: "small-cnn", 32: "resnet18"}
+
+
+@dataclass(frozen=True)
+class TrainAttackEntry:
+    label: str
+    summary: str
+    has_kappa: bool  # GAIRAT's kappa comes out of the attack loop
+
+
+TRAIN_ATTACKS: dict[str, TrainAttackEntry] = {
+    "pgd": TrainAttackEntry("PGD", "PGD on CE, K steps (default 10 of eps/4), uniform random start (Madry et al. "
+                                   "2018)", True),
+    "cw": TrainAttackEntry("CW", "PGD on the CW margin loss, kappa_c = 50 as in the CAT/GAIRAT code", True),
+    "saa": TrainAttackEntry("SAA", "LRAT's simplified AutoAttack: APGD targeted DLR, 3 targets x 20 steps, "
+                                   "lowest-margin merge", False),
+    "fgsm": TrainAttackEntry("FGSM", "FGSM with random start, one step of 1.25 eps (Wong et al. 2020); cheap runs "
+                                     "and tests", False),
+}
+
+
+@dataclass(frozen=True)
+class EvalAttackEntry:
+    label: str
+    summary: str
+    strength: int  # monotonicity guard: accuracy must not rise with strength (natural 0 < fgsm < pgd < aa)
+    autoattack: bool = False  # run through pyautoattack
+
+
+EVAL_ATTACKS: dict[str, EvalAttackEntry] = {
+    "natural": EvalAttackEntry("Natural", "clean accuracy", 0),
+    "fgsm": EvalAttackEntry("FGSM", "FGSM, one step of eps, no random start", 1),
+    "pgd20": EvalAttackEntry("PGD-20", "PGD-20 on CE, step eps/4, uniform random start", 2),
+    "cw20": EvalAttackEntry("CW-20", "PGD-20 on the CW margin loss, kappa_c = 0 [choice], step eps/4", 2),
+    "apgd-ce": EvalAttackEntry("APGD-CE", "AutoAttack's APGD-CE alone (standard settings)", 2, True),
+    "apgd-t": EvalAttackEntry("APGD-T", "AutoAttack's APGD-T alone (9 targets, standard settings)", 2, True),
+    "fab-t": EvalAttackEntry("FAB-T", "AutoAttack's FAB-T alone (standard settings)", 2, True),
+    "square": EvalAttackEntry("Square", "AutoAttack's Square alone (5000 queries)", 2, True),
+    "aa": EvalAttackEntry("AA", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), pyautoattack", 3, True),
+}
+WORST = "worst"  # the derived row: per-example AND of every stored attack of a checkpoint
+WORST_LABEL = "Worst"
+DEFAULT_EVAL_ATTACKS = ("natural", "pgd20", "cw20", "aa")
+THREAT_MODELS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    label: str
+    aliases: tuple[str, ...] = ()
+
+
+# Display order = the order of this dict (the LRAT paper's Table 1: AT, the instance-reweighted, then local).
+METHODS: dict[str, MethodEntry] = {
+    "at": MethodEntry("AT"),
+    "gairat": MethodEntry("GAIRAT", aliases=("irat",)),  # "IRAT": the LRAT paper's name for instance reweighting
+    "mail": MethodEntry("MAIL"),
+    "lsat": MethodEntry("LSAT"),
+    "lrat": MethodEntry("LRAT"),
+}
+METHOD_ALIASES = {alias: name for name, entry in METHODS.items() for alias in entry.aliases}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Run settings that several commands default the same way."""
+
+    val_size: int = 512  # class-balanced validation split carved from the training set
+    epochs: int = 10
+    batch_size: int = 128
+    weight_decay: float = 2e-4
+    attack_steps: int = 10
+    eval_batch_size: int = 256
+    lock_wait_s: float = 2.0  # a `bench status` probe of a cell's lock must not make a runner skip the cell
+    baseline: str = "at"
+    checkpoints: tuple[str, ...] = field(default=("best", "last"))
+
+
+DEFAULTS = Defaults()
+
+
+# ---- lookups shared by every reader ------------------------------------------------------------------------
+
+def default_eps(dataset: str, threat_model: str = "linf") -> float:
+    """The usual budget of `dataset` under `threat_model` (L-inf: 8/255 CIFAR/SVHN, 0.1 (Fashion-)MNIST)."""
+    entry = DATASETS[dataset]
+    return entry.eps_linf if threat_model == "linf" else entry.eps_l2
+
+
+def default_model(dataset: str) -> str:
+    return DATASETS[dataset].default_model
+
+
+def default_lr(model: str) -> float:
+    return MODELS[model].lr if model in MODELS else 0.1
+
+
+def method_label(name: str) -> str:
+    return METHODS[name].label if name in METHODS else name.upper()
+
+
+def train_attack_label(name: str) -> str:
+    """'saa+cw' -> 'SAA+CW'."""
+    return "+".join(TRAIN_ATTACKS[p].label if p in TRAIN_ATTACKS else p.upper() for p in name.split("+"))
+
+
+def eval_attack_label(name: str) -> str:
+    if name == WORST:
+        return WORST_LABEL
+    return EVAL_ATTACKS[name].label if name in EVAL_ATTACKS else name
+
+
+def row_label(method: str, train_attack: str) -> str:
+    """'GAIRAT (PGD)': a table row."""
+    return f"{method_label(method)} ({train_attack_label(train_attack)})"
+
+
+def method_order() -> list[str]:
+    return list(METHODS)
+
+
+def train_attack_order() -> list[str]:
+    return list(TRAIN_ATTACKS)
+
+
+def eval_attack_order() -> list[str]:
+    """Table columns: natural first, the attacks by strength as listed, `worst` last."""
+    return [*EVAL_ATTACKS, WORST]
