@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"

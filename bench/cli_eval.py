@@ -9,7 +9,7 @@ from collections import Counter
 import click
 
 from bench.cli import DEFAULT_RESULTS, usage_errors
-from bench.names import UsageError, split_list
+from bench.config.names import UsageError, split_list
 
 LOCK_WAIT_S = 2.0  # as the runner: a `bench status` probe of the lock must not make us skip a run
 
@@ -80,7 +80,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     from bench.data import DATASETS
     from bench.eval_attacks import EVAL_ATTACKS
     from bench.guards import check_eps
-    from bench.names import lookup
+    from bench.config.names import lookup
     from bench.store import Store
 
     suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()

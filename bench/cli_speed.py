@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from bench.cli import usage_errors
-from bench.names import split_list
+from bench.config.names import split_list
 
 
 @click.command()
@@ -40,7 +40,7 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
     from bench.data import DATASETS
     from bench.eval_attacks import EVAL_ATTACKS
     from bench.models import MODELS
-    from bench.names import lookup
+    from bench.config.names import lookup
     from bench.provenance import resolve_device
     from bench.speed import SpeedSettings, format_table, run_speed
     from bench.train_attacks import parse_train_attack

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.names import UsageError, lookup
+from bench.config.names import UsageError, lookup
 
 log = logging.getLogger(__name__)
 

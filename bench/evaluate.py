@@ -26,9 +26,9 @@ from bench.data import Split, to_float
 from bench.eval_attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.guards import (check_autoattack, check_model, check_monotone, check_square, columns, default_eps,
                           merge_columns)
-from bench.names import UsageError
+from bench.config.names import UsageError
 from bench.provenance import provenance
-from bench.relations import attack_relation
+from bench.config.relations import attack_relation
 from bench.store import SCHEMA_VERSION, Store, decode_flags, eval_group, load_run
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ GROUP_COLUMNS = ("n_examples", "test_points", "points_sha")  # shared by every r
 def is_seen(eval_attack: str, train_attack: str, threat_model: str = "linf", eval_eps: float | None = None,
             train_eps: float | None = None, method_params: dict[str, Any] | None = None) -> bool:
     """The eval attack is the training attack's own loss and algorithm, under the training's threat model and
-    budget (bench/relations.py: `attack_relation(...) == "seen"`)."""
+    budget (bench/config/relations.py: `attack_relation(...) == "seen"`)."""
     return attack_relation(eval_attack, train_attack, method_params, threat_model=threat_model,
                            eval_eps=eval_eps, train_eps=train_eps) == "seen"
 

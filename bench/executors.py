@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.matrix import Cell
-from bench.names import UsageError
+from bench.config.names import UsageError
 from bench.progress import MatrixProgress
 from bench.runner import CellOutcome, Runner
 from bench.train import RuntimeOptions

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.data import DATASETS
 from bench.guards import default_eps
-from bench.names import UsageError
+from bench.config.names import UsageError
 from bench.store import Store, atomic_path, read_json, write_json
 
 ARCHITECTURES = {"small-cnn": "SmallCNN", "resnet18": "ResNet-18", "preact-resnet18": "PreActResNet-18",

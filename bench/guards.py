@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 Status = Literal["ok", "flag", "skip"]
 MODEL_GUARDS = ("eval_mode", "input_range", "eps", "deterministic", "logits", "zero_grad")

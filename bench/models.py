@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.names import lookup
+from bench.config.names import lookup
 
 
 class SmallCNN(nn.Module):

@@ -41,6 +41,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from bench.names import UsageError
+        from bench.config.names import UsageError
         raise UsageError("--device cuda was asked for, but torch sees no CUDA device here.")
     return torch.device(name)

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from bench.config import parse_checkpoint
-from bench.names import METHOD_ALIASES, UsageError, split_list, suggest
-from bench.relations import row_relation
+from bench.config.catalog import METHOD_ALIASES
+from bench.config.names import UsageError, split_list, suggest
+from bench.config.relations import row_relation
 from bench.report_stats import flag_matrix
 from bench.store import Store
 
@@ -85,7 +86,7 @@ class Variant:
     train_attack: str
     run_ids: tuple[str, ...]
     seeds: tuple[int, ...]
-    # eval attack -> seen | related | unseen (bench/relations.py), as stored in the rows of its first run
+    # eval attack -> seen | related | unseen (bench/config/relations.py), as stored in the rows of its first run
     relations: Mapping[str, str] = field(default_factory=dict)
     reference: bool = False  # added only as the baseline's fallback row, not selected by --train-attack
 
@@ -253,7 +254,7 @@ def baseline_for(variant: Variant, baselines: list[Variant]) -> Variant | None:
 
 def row_relations(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
     """run_id -> {eval attack: relation}: the stored `attack_relation`, or for rows written before it existed
-    the same rule applied to the row's own columns (bench/relations.py)."""
+    the same rule applied to the row's own columns (bench/config/relations.py)."""
     out: dict[str, dict[str, str]] = {}
     for row in rows.to_dict("records"):
         stored = row.get("attack_relation")

@@ -172,7 +172,7 @@ GAP_GROUPS = (("seen", "seen", "all"), ("related", "related", "all"), ("unseen_m
 def gap_stats(setting: Setting, baseline_of: Callable[[Variant], Variant | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(gap table, per-attack comparisons) of every variant against its baseline (`baseline_of(v)`).
 
-    Gap table: seen, related and unseen attacks kept apart (bench/relations.py; unseen never includes related);
+    Gap table: seen, related and unseen attacks kept apart (bench/config/relations.py; unseen never includes related);
     seen and related scored per example as the worst case over their attacks, unseen both as the mean
     accuracy over its attacks and as the per-example worst case (natural and 'worst' are no attack). Every
     gap is `paired_gap` on seed-paired runs: points, %, bootstrap interval over test points, the sd of the

@@ -167,7 +167,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
 
 def resolve_run_id(store: Store, text: str) -> str:
     """A stored run id from its full id or a unique prefix; a UsageError naming the closest one otherwise."""
-    from bench.names import UsageError, suggest
+    from bench.config.names import UsageError, suggest
 
     ids = store.run_ids()
     if text in ids:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from bench.attacks import PGD, FGSMRandomStart
 from bench.config import TrainConfig
-from bench.names import UsageError, lookup
+from bench.config.names import UsageError, lookup
 from bench.saa import SAA
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench.names import METHOD_ALIASES, lookup
+from bench.config.catalog import METHOD_ALIASES
+from bench.config.names import lookup
 from methods.at import AT
 from methods.base import Method, StepContext, StepOutput
 from methods.gairat import GAIRAT

@@ -10,7 +10,7 @@ from bench.config import TrainConfig
 from bench.losses import cw_loss, prob_margin
 from bench.saa import SAA, top_wrong_classes
 from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks, parse_train_attack
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 EPS = 0.1
 

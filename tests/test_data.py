@@ -10,7 +10,7 @@ import torch
 
 from bench.config import parse_eps
 from bench.data import DEBIAN_FASHION_MNIST, DatasetNotFound, augment_batch, balanced_subset, load_data
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 needs_fmnist = pytest.mark.skipif(not DEBIAN_FASHION_MNIST.exists(),
                                   reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")

@@ -308,7 +308,7 @@ def test_seen_means_the_training_attack_itself_under_its_threat_model_and_budget
     from bench.evaluate import is_seen
 
     assert is_seen("pgd20", "pgd") and is_seen("cw20", "saa+cw")
-    assert not is_seen("aa", "saa+cw")  # related (APGD-T is part of AA), not seen: bench/relations.py
+    assert not is_seen("aa", "saa+cw")  # related (APGD-T is part of AA), not seen: bench/config/relations.py
     assert not is_seen("cw20", "pgd") and not is_seen("natural", "pgd") and not is_seen("worst", "pgd")
     assert not is_seen("fgsm", "pgd")  # related: same loss, one step
     assert not is_seen("pgd20", "pgd", threat_model="l2")  # training attacks are L-inf

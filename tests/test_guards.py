@@ -13,7 +13,7 @@ from bench.eval_attacks import EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.guards import (ALL_GUARDS, GuardFailure, GuardResult, check_autoattack, check_deterministic, check_eps,
                           check_eval_mode, check_input_range, check_logits, check_model, check_monotone,
                           check_square, check_zero_grad, columns, default_eps, merge_columns, monotone_tolerance)
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

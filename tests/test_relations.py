@@ -1,9 +1,9 @@
-"""The attack-relation rule (bench/relations.py) against the LRAT paper's marks and the stored rows."""
+"""The attack-relation rule (bench/config/relations.py) against the LRAT paper's marks and the stored rows."""
 from __future__ import annotations
 
 import pytest
 
-from bench.relations import ATTACK_RELATIONS, attack_relation, row_relation, simulated_attacks
+from bench.config.relations import ATTACK_RELATIONS, attack_relation, row_relation, simulated_attacks
 
 EVAL = ("natural", "fgsm", "pgd20", "cw20", "apgd-ce", "apgd-t", "fab-t", "square", "aa")
 
