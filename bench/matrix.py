@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import EvalConfig, TrainConfig, parse_checkpoint, parse_eps
-from bench.names import UsageError, split_list, suggest
+from bench.config.names import UsageError, split_list, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -278,7 +278,7 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
     from bench.data import DATASETS
     from bench.eval_attacks import EVAL_ATTACKS
     from bench.models import MODELS
-    from bench.names import lookup
+    from bench.config.names import lookup
     from bench.train_attacks import HAS_KAPPA, parse_train_attack
     from methods import METHODS, canonical_method
 
@@ -316,7 +316,7 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
     for m in methods:
         method = METHODS[m].make(overrides.get(m))
         for a in (a for pm, a in pairs if pm == m):
-            method.check_attacks(tuple(a.split("+")), HAS_KAPPA)
+            method.check_attacks(tuple(a.split("+")), HAS_KAPPA, values["attack_steps"])
         resolved[m] = _params_dict(method.params)
     threat_model = values["threat_model"]
     checkpoints = tuple(dict.fromkeys(parse_checkpoint(c, values["epochs"]) for c in split_list(values["checkpoints"])))

@@ -27,7 +27,7 @@ from bench.config import TrainConfig
 from bench.data import DATASETS, DataBundle, Split
 from bench.eval_attacks import run_eval_attack
 from bench.models import build_model
-from bench.names import UsageError
+from bench.config.names import UsageError
 from bench.provenance import provenance
 from bench.train import RuntimeOptions, autocast, train_run, tune_for
 from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
@@ -122,7 +122,7 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
         for name in s.methods:
             method = build_method_reweighting_now(name)
             try:  # the same refusal `bench run` gives: skip pairs the method cannot take
-                method.check_attacks(cfg.attack_names, HAS_KAPPA)
+                method.check_attacks(cfg.attack_names, HAS_KAPPA, cfg.attack_steps)
             except UsageError:
                 continue
 

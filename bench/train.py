@@ -27,7 +27,8 @@ from methods import StepContext, build_method
 
 SYNC_EVERY = 25  # GPU: batches between reads of the loss (NaN check, progress)
 LOW_WEIGHT = 0.2  # the LRAT paper's Fig. 1a threshold
-HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]  # 0.0 .. 4.0, plus an overflow bin
+HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]  # raw weights (w_hist): 0.0 .. 4.0, plus an overflow bin
+REL_HIST_EDGES = [round(0.1 * i, 1) for i in range(31)]  # relative (rw_hist): 0.0 .. 3.0, plus an overflow bin
 
 
 class NonFiniteLoss(RuntimeError):
@@ -69,16 +70,19 @@ def milestones(cfg: TrainConfig) -> list[int]:
     return [round(f * cfg.epochs) for f in cfg.lr_milestones]
 
 
-def weight_stats(weights: list[torch.Tensor]) -> dict[str, Any]:
+def weight_stats(weights: list[torch.Tensor], prefix: str = "w", edges: list[float] = HIST_EDGES) -> dict[str, Any]:
+    """An epoch's weights as <prefix>_mean, _std, _min, _max, _frac_below_0.2 and _hist (counts: bin i holds
+    [edges[i], edges[i+1]), the last bin everything >= edges[-1]); {} when there are none (plain AT, burn-in).
+    prefix "w": the raw quantity each method applies; "rw": relative weights (StepOutput.relative_weights)."""
     if not weights:
         return {}
     w = torch.cat(weights).double().cpu()
-    # bin i holds [edge_i, edge_i+1); the last bin everything >= 4.0
-    bins = torch.bucketize(w, torch.tensor(HIST_EDGES[1:], dtype=torch.float64), right=True)
-    counts = torch.bincount(bins, minlength=len(HIST_EDGES))
-    return {"w_mean": w.mean().item(), "w_std": w.std(unbiased=False).item(), "w_min": w.min().item(),
-            "w_max": w.max().item(), "w_frac_below_0.2": (w < LOW_WEIGHT).double().mean().item(),
-            "w_hist": counts.long().tolist()}
+    bins = torch.bucketize(w, torch.tensor(edges[1:], dtype=torch.float64), right=True)
+    counts = torch.bincount(bins, minlength=len(edges))
+    return {f"{prefix}_mean": w.mean().item(), f"{prefix}_std": w.std(unbiased=False).item(),
+            f"{prefix}_min": w.min().item(), f"{prefix}_max": w.max().item(),
+            f"{prefix}_frac_below_{LOW_WEIGHT}": (w < LOW_WEIGHT).double().mean().item(),
+            f"{prefix}_hist": counts.long().tolist()}
 
 
 @torch.no_grad()
@@ -154,6 +158,7 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
                           bn_mode=cfg.attack_bn_mode, make_attack=lambda name: TRAIN_ATTACKS[name].build(cfg))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
+        relative: list[torch.Tensor] = []
         stat_sums: dict[str, torch.Tensor] = {}
         model.train()
         for b in range(n_batches):
@@ -171,6 +176,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
             loss_sum += loss.double() * len(y)
             if out.weights is not None:
                 weights.append(out.weights.float())
+            if out.relative_weights is not None:
+                relative.append(out.relative_weights.float())
             for key, value in out.stats.items():
                 stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
             if (b + 1) % sync_every == 0 or b + 1 == n_batches:
@@ -187,7 +194,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
         entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / n, "val_natural": val_nat,
                  "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
                  "reweighting": bool(weights), "channels_last": runtime.channels_last, "compile": runtime.compile,
-                 **weight_stats(weights), **{k: v.item() / n for k, v in stat_sums.items()}}
+                 **weight_stats(weights), **weight_stats(relative, "rw", REL_HIST_EDGES),
+                 **{k: v.item() / n for k, v in stat_sums.items()}}
         history.append(entry)
         if val_pgd > best:
             best = val_pgd

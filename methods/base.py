@@ -16,7 +16,7 @@ import torch
 
 from bench.attacks import AttackResult
 from bench.losses import ce_loss
-from bench.names import UsageError, suggest
+from bench.config.names import UsageError, suggest
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class StepOutput:
     # it). Called after `loss.backward()` has been queued, so the host waits for those values while the GPU is
     # busy with that backward instead of draining its queue; returns the term (None: nothing this batch).
     deferred: Callable[[], torch.Tensor | None] | None = None
+    # Per instance (n,): its total weight over all its loss terms divided by the batch mean of those totals (1 =
+    # an average instance), so that methods compare like with like in the history (`rw_*`); None for plain AT.
+    relative_weights: torch.Tensor | None = None
 
     def backward(self) -> torch.Tensor:
         """Gradients of the whole loss (`loss` + the deferred term; they add up); returns that loss, detached."""
@@ -80,9 +83,19 @@ def run_attack(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor,
         return attack(model, x, y)
 
 
+def first_reweighted_epoch(epochs: int, burn_in: float) -> int:
+    """The burn-in rule: `burn_in` is the fraction of the run trained with plain AT, and the first reweighted
+    0-based epoch is burn_in * epochs rounded to the nearest integer, halves up (floor(x + 1/2); the 1e-9 keeps
+    products such as 0.3 * 5 = 1.4999999999999998 on their half). burn_in 0: reweighting from epoch 0;
+    burn_in 1: never. The defaults are the official codes' counts at their 120 epochs: GAIRAT 59/120 (GAIRAT.py
+    reweights when `(epoch + 1) >= begin_epoch`, begin_epoch 60), MAIL 76/120 (MAIL train.py: plain AT while
+    `epoch <= 75`)."""
+    return min(max(math.floor(burn_in * epochs + 0.5 + 1e-9), 0), epochs)
+
+
 def reweighting_started(epoch: int, epochs: int, burn_in: float) -> bool:
-    """Plain AT for the first floor(burn_in * epochs) epochs (GAIRAT: 60 of 120; MAIL: 75 of 120)."""
-    return epoch >= math.floor(burn_in * epochs + 1e-9)
+    """Whether 0-based `epoch` of `epochs` is past the plain-AT burn-in (`first_reweighted_epoch`)."""
+    return epoch >= first_reweighted_epoch(epochs, burn_in)
 
 
 class Method:
@@ -91,11 +104,16 @@ class Method:
     Params: ClassVar[type]  # a frozen dataclass of the method's parameters, with the papers' defaults
     max_attacks: ClassVar[int] = 1
     needs_kappa: ClassVar[bool] = False
+    min_attack_steps: ClassVar[int] = 1  # K of the pgd/cw training attacks (GAIRAT: 2, it divides by floor(K/2))
+    min_attack_steps_why: ClassVar[str] = ""
 
     def __init__(self, params: Any):
         self.params = params
 
-    def check_attacks(self, attack_names: tuple[str, ...], has_kappa: dict[str, bool]) -> None:
+    def check_attacks(self, attack_names: tuple[str, ...], has_kappa: dict[str, bool],
+                      attack_steps: int | None = None) -> None:
+        """Refuse, at config time, training attacks the method cannot take. `attack_steps`: the run's K of the
+        pgd/cw attacks (None: not checked)."""
         if len(attack_names) > self.max_attacks:
             raise UsageError(f"Method '{self.name}' takes one training attack; '{'+'.join(attack_names)}' "
                              f"combines {len(attack_names)}. Only lrat/lsat take several (e.g. saa+cw).")
@@ -104,6 +122,9 @@ class Method:
             if lacking:
                 raise UsageError(f"Method '{self.name}' needs the attack's step count kappa, which training "
                                  f"attack '{lacking[0]}' does not give; use pgd or cw.")
+        if attack_steps is not None and attack_steps < self.min_attack_steps:
+            raise UsageError(f"Method '{self.name}' needs at least {self.min_attack_steps} attack steps "
+                             f"(--attack-steps), got {attack_steps}: {self.min_attack_steps_why}")
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
@@ -127,7 +148,8 @@ class WeightedCE(Method):
         w = self.weights(logits.detach(), y, adv, ctx.attacks[0], ctx)
         if w is None:
             return StepOutput(per_example.mean())
-        return StepOutput((w.detach() * per_example).mean(), w.detach())
+        w = w.detach()
+        return StepOutput((w * per_example).mean(), w, relative_weights=w / w.mean())
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:

@@ -7,9 +7,14 @@ For m training attacks j (m = 1 for `cw`, 2 for `saa+cw`), per instance i:
 then every coefficient of the batch is divided by one shared Z = mean_i([C - sum_j w_ij]_+ + sum_j w_ij)
 (Eq. 15), so the mean per-instance total is 1: weights move only inside each (instance, variants) pair, and
 no instance is dropped. [choice] x* (the anchor) is the natural x by default (`anchor=pgd|saa` attack it);
-[choice] t comes from the train-mode logits used for the loss, as MAIL does; [choice] the anchor pass
-covers only the instances whose weights sum below C, in the attack's BN mode, after the main backward
-(see `LRAT._anchor_term`).
+[choice] t comes from the train-mode logits used for the loss, as MAIL does; [choice] `anchor_bn`: the anchor
+pass runs after the main backward, by default (`eval`) over only the instances whose weights sum below C with
+BN in eval mode (running statistics, never updated), whatever `attack_bn_mode` is; `batch` runs it over the
+whole batch in train mode, like the variants' passes (see `LRAT._anchor_term`). Train-mode BN never sees a
+subset of the batch.
+
+History: `weights` are the variant coefficients after Eq. 15 (n*m values); `relative_weights` the per-instance
+totals [C - sum_j w_ij]_+ + sum_j w_ij after Eq. 15, divided by their batch mean (which Eq. 15 makes 1).
 
 `lsat` ("locally simulated AT") is the same objective with all w = 1: for one attack it equals `at`.
 """
@@ -47,8 +52,11 @@ class LRATParams:
     C: float = 0.1
     anchor: str = "natural"  # [choice] natural | pgd | saa
     weighting: str = "lrat"  # lrat | none (= LSAT)
+    anchor_bn: str = "eval"  # [choice] eval | batch: BN of the anchor pass (eval: running stats, needing instances)
 
     def __post_init__(self):
+        if self.anchor_bn not in ("eval", "batch"):
+            raise ValueError(f"anchor_bn must be eval or batch, got {self.anchor_bn!r}")
         if self.anchor not in ("natural", "pgd", "saa"):
             raise ValueError(f"anchor must be natural, pgd or saa, got {self.anchor!r}")
         if self.weighting not in ("lrat", "none"):
@@ -75,16 +83,27 @@ class LRAT(Method):
         anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting)
         per_example = sum(coefs[:, j] * ce_loss(z, y) for j, z in enumerate(logits))
         needs_anchor = anchor_coef > 0
-        weights = None if p.weighting == "none" else coefs.flatten()
+        weights = relative = None
+        if p.weighting != "none":
+            weights = coefs.flatten()
+            totals = anchor_coef + coefs.sum(dim=1)
+            relative = totals / totals.mean()
         return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()},
-                          deferred=self._anchor_term(model, x, y, ctx, anchor_coef, needs_anchor))
+                          deferred=self._anchor_term(model, x, y, ctx, anchor_coef, needs_anchor),
+                          relative_weights=relative)
 
     def _anchor_term(self, model, x, y, ctx: StepContext, anchor_coef, needs_anchor):
         """(1/n) sum_i [C - sum_j w_ij]_+ CE(x*_i), deferred (StepOutput.deferred) because which i need it is
-        known only on the device. [choice] Computed only for the instances that need it (sum_j w_ij < C: for one
-        attack at the defaults, t > 0.9975, a few per batch at most), in the attack's BN mode: a handful of
-        inputs then neither sets the batch statistics of a train-mode pass nor moves the running ones, and the
-        extra pass costs k/n of a step instead of a whole one. Never needed for LSAT, so LSAT-pgd == AT."""
+        known only on the device (sum_j w_ij < C: for one attack at the defaults, t > 0.9975, a few per batch at
+        most). [choice] `anchor_bn`:
+        - `eval` (default): only the needing instances, with the model in eval mode for the anchor attack (if
+          any) and the forward: BN uses its running statistics and does not update them, whatever
+          `attack_bn_mode` is (train-mode BN over a handful of inputs would take its batch statistics from
+          them and move the running ones); the pass costs k/n of a step;
+        - `batch`: the whole batch in train mode, like the variants' passes (batch statistics of all n inputs;
+          running statistics move as in any train-mode forward), instances that do not need it with
+          coefficient 0; the anchor attack runs in `attack_bn_mode`. Costs a whole extra forward/backward.
+        Skipped when no instance needs it; never needed for LSAT, so LSAT-pgd == AT."""
         p, n = self.params, len(y)
         # The mask goes to the host asynchronously; an event marks its arrival. Waiting for it later waits for
         # this batch's forward only, not for the backward queued in between: the GPU's queue never drains.
@@ -104,17 +123,20 @@ class LRAT(Method):
             k = len(need)
             if not k:
                 return None
-            # Padded to a power of two by repeating an index (coefficient 0): each new input shape would make
-            # cuDNN autotune and torch.compile recompile; eval-mode BN keeps the copies from touching the rest.
-            pad = (1 << (k - 1).bit_length()) - k if ctx.bn_mode == "eval" else 0
-            need = torch.cat([need, need[:1].expand(pad)])
-            # From pinned memory, non-blocking: a pageable copy would wait for the queued backward to finish.
-            need = (need.pin_memory() if x.is_cuda else need).to(x.device, non_blocking=True)
-            coef = torch.cat([anchor_coef[need[:k]], anchor_coef.new_zeros(pad)])
-            xs, ys = x[need], y[need]
+            if p.anchor_bn == "batch":
+                xs, ys, coef, attack_mode, pass_mode = x, y, anchor_coef, ctx.bn_mode, "train"
+            else:
+                # Padded to a power of two by repeating an index (coefficient 0): each new input shape would make
+                # cuDNN autotune and torch.compile recompile; eval-mode BN keeps the copies from touching the rest.
+                pad = (1 << (k - 1).bit_length()) - k
+                need = torch.cat([need, need[:1].expand(pad)])
+                # From pinned memory, non-blocking: a pageable copy would wait for the queued backward to finish.
+                need = (need.pin_memory() if x.is_cuda else need).to(x.device, non_blocking=True)
+                coef = torch.cat([anchor_coef[need[:k]], anchor_coef.new_zeros(pad)])
+                xs, ys, attack_mode, pass_mode = x[need], y[need], "eval", "eval"
             with torch.autocast(x.device.type, dtype=amp[1], enabled=amp[0]):
-                x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, ctx.bn_mode).x_adv
-                with in_bn_mode(model, ctx.bn_mode):
+                x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, attack_mode).x_adv
+                with in_bn_mode(model, pass_mode):
                     anchor_loss = ce_loss(model(x_star), ys)
             return (coef * anchor_loss).sum() / n
 

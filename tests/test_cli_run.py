@@ -50,6 +50,8 @@ def refused(results: Path, *args: str, env: dict | None = None) -> str:
     (["--eval-eps", "2"], "Epsilon 2 is larger than 1"),
     (["--methods", "at", "--train-attack", "saa+cw"], "Method 'at' takes one training attack; 'saa+cw' combines 2"),
     (["--methods", "gairat", "--train-attack", "fgsm"], "Method 'gairat' needs the attack's step count kappa"),
+    (["--methods", "gairat", "--attack-steps", "1"], "Method 'gairat' needs at least 2 attack steps"),
+    (["--methods", "gairat", "--attack-steps", "1", "--dry-run"], "divide by floor(K/2)"),
     (["--methods", "at,mail", "--train-attack", "pgd,saa+cw"], "Method 'at' takes one training attack"),
     (["--methods", "gairat", "--method-param", "gairat.lamb=0"], "Did you mean: lam?"),
     (["--methods", "at", "--method-param", "gairat.lam=0"], "names method 'gairat', which is not in --methods"),

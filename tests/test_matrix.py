@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.cli import run as run_command
 from bench.matrix import defaults_of, grad_steps, hours, load_matrix_file, merge, resolve
-from bench.names import UsageError
+from bench.config.names import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,8 @@ lam = 0
     assert [(c.train.method, c.train.train_attack, c.train.seed) for c in cells[:3]] == [
         ("at", "pgd", 3), ("at", "pgd", 4), ("at", "cw", 3)]
     gairat = cells[-1].train
-    assert gairat.method == "gairat" and gairat.method_params["lam"] == 0.0 and gairat.method_params["burn_in"] == 0.5
+    assert gairat.method == "gairat" and gairat.method_params["lam"] == 0.0
+    assert gairat.method_params["burn_in"] == 59 / 120  # the default: GAIRAT.py's 59 plain-AT epochs of 120
     assert gairat.eps == pytest.approx(8 / 255) and gairat.attack_step_size == pytest.approx(2 / 255)
     assert gairat.epochs == 3 and gairat.lr == 0.05 and gairat.val_size == 512  # 512: the flag's default
     assert cells[0].eval.attacks == ("natural", "pgd20") and cells[0].eval.test_subset == 32
@@ -180,7 +181,7 @@ def test_the_table1_recipe_has_the_papers_seven_rows_and_settings():
         "cifar10", "resnet18", 100, 128, 0.1, 2e-4, (0.6, 0.9), "fp32")
     assert t.eps == pytest.approx(8 / 255) and t.attack_step_size == pytest.approx(8 / 255 / 10)
     assert (t.attack_steps, t.saa_targets, t.saa_steps, t.augment) == (10, 3, 20, True)
-    assert cells[0].eval.checkpoints == ("epoch60", "best") and cells[0].eval.test_subset is None
+    assert cells[0].eval.checkpoints == ("epoch60", "epoch61", "best") and cells[0].eval.test_subset is None
     assert cells[0].eval.attacks == ("natural", "pgd20", "cw20", "aa")
 
 

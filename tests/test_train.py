@@ -7,7 +7,7 @@ import torch
 
 from bench.config import TrainConfig
 from bench.data import load_data
-from bench.train import NonFiniteLoss, RuntimeOptions, milestones, train_run, weight_stats
+from bench.train import REL_HIST_EDGES, NonFiniteLoss, RuntimeOptions, milestones, train_run, weight_stats
 
 DATA = None
 
@@ -47,11 +47,35 @@ def test_weight_statistics_by_hand():
     assert weight_stats([]) == {}
 
 
+def test_relative_weight_statistics_by_hand():
+    # rw_hist: bins of 0.1 from 0 to 3, then [3, inf): 0.05 -> bin 0, 0.95 -> 9, 1.0 -> 10, 3.5 -> 30
+    s = weight_stats([torch.tensor([0.05, 0.95, 1.0, 3.5])], "rw", REL_HIST_EDGES)
+    assert set(s) == {"rw_mean", "rw_std", "rw_min", "rw_max", "rw_frac_below_0.2", "rw_hist"}
+    assert s["rw_mean"] == pytest.approx(1.375) and s["rw_frac_below_0.2"] == 0.25
+    assert len(s["rw_hist"]) == 31 and [i for i, c in enumerate(s["rw_hist"]) if c] == [0, 9, 10, 30]
+
+
 def test_reweighted_methods_record_weight_statistics(tmp_path):
     history = train_run(config(method="gairat", method_params={"lam": -1.0, "burn_in": 0.5}), data(), tmp_path,
                         torch.device("cpu"))
     assert not history[0]["reweighting"] and "w_mean" not in history[0]  # burn-in epoch: plain AT
     assert history[1]["reweighting"] and history[1]["w_mean"] == pytest.approx(1.0, abs=1e-5)  # batch-normalised
+    assert "rw_mean" not in history[0] and history[1]["rw_mean"] == pytest.approx(history[1]["w_mean"], abs=1e-6)
+    assert sum(history[1]["rw_hist"]) == 128  # one relative weight per training instance
+
+
+@pytest.mark.parametrize("method", ["mail", "lrat"])
+def test_relative_weights_in_the_history_have_mean_one(tmp_path, method):
+    """Beside the raw w_* (MAIL: not batch-normalised; LRAT: its n*m variant coefficients), rw_* hold one
+    relative weight per instance with batch mean 1 (batches of 64: the epoch mean is 1 too)."""
+    params = {"burn_in": 0.0} if method == "mail" else {}
+    history = train_run(config(method=method, train_attack="pgd+cw" if method == "lrat" else "pgd", epochs=1,
+                               method_params=params), data(), tmp_path, torch.device("cpu"))
+    h = history[0]
+    assert h["rw_mean"] == pytest.approx(1.0, abs=1e-5) and sum(h["rw_hist"]) == 128
+    assert sum(h["w_hist"]) == (256 if method == "lrat" else 128)
+    if method == "mail":
+        assert h["w_mean"] != pytest.approx(1.0, abs=1e-3)  # raw MAIL weights are on another scale
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):
