@@ -136,11 +136,19 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
                         f"mean over {seeds} (band: min to max). {sel_tex}."))
         weights = plots.weights_figure(hist)
         if weights is not None:
+            if plots.weights_kind(hist) == "relative":
+                what = ("relative weight (an instance's total weight over its loss terms divided by the batch "
+                        "mean of totals: 1 = the batch mean; LRAT: anchor and variant coefficients summed)")
+                last = "relative weights $\\geq 3$"
+            else:
+                what = ("raw weight (these histories predate relative weights: GAIRAT's are relative already, "
+                        "MAIL's are not batch-normalised, LRAT's are its variant coefficients)")
+                last = "weights $\\geq 4$"
             figures.append(("fig_weights", weights,
                             "Instance weights of the reweighted methods over training (the LRAT paper's Fig.~1a "
-                            "from our runs): (a) share of instances with weight $<0.2$ per epoch, mean over "
-                            f"{seeds} per row; then per method the weight histogram at the first, middle and last "
-                            f"reweighted epoch, pooled over seeds (last bin: weights $\\geq 4$). {sel_tex}."))
+                            f"from our runs), as {what}: (a) share of instances below 0.2 per epoch, mean over "
+                            f"{seeds} per row; then per method the histogram at the first, middle and last "
+                            f"reweighted epoch, pooled over seeds (last bin: {last}). {sel_tex}."))
     for name, fig, caption in figures:
         pdf, png = plots.save(fig, out / f"{name}{s}")
         written[pdf.name], written[png.name] = pdf, png

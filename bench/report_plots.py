@@ -5,8 +5,10 @@ figure state in library code.
 - heatmap: per method, training attack x eval attack accuracy (mean over seeds);
 - gap: seen and unseen-attack gaps to the baseline as bars with 95% interval bars;
 - curves: validation natural and PGD accuracy per epoch (mean over seeds, min-max band);
-- weights: share of instances with weight < 0.2 per epoch and weight histograms at a few epochs, for
-  reweighted methods: the LRAT paper's Fig. 1a from our runs.
+- weights: share of instances with relative weight < 0.2 per epoch and relative-weight histograms at a few
+  epochs, for reweighted methods: the LRAT paper's Fig. 1a from our runs. Relative weight = an instance's total
+  weight / the batch mean of totals (1 = the batch mean; `rw_*` in history.json); histories written before it
+  existed carry only the raw weights (`w_*`), which are drawn instead (`weights_kind` says which).
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.report import ATTACK_LABELS, METHOD_LABELS, Setting, attack_order
 
-# Copied from bench/train.py (which imports torch): weight-histogram bin edges 0.0, 0.2, ..., 4.0, plus one
-# overflow bin [4.0, inf) in the stored counts; and the LRAT paper's Fig. 1a threshold.
+# Copied from bench/train.py (which imports torch): weight-histogram bin edges, raw 0.0, 0.2, ..., 4.0 and
+# relative 0.0, 0.1, ..., 3.0, each plus one overflow bin [last edge, inf) in the stored counts; and the LRAT
+# paper's Fig. 1a threshold.
 HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]
+REL_HIST_EDGES = [round(0.1 * i, 1) for i in range(31)]
 LOW_WEIGHT = 0.2
 GAP_KINDS = (("seen", "seen attacks"), ("unseen_mean", "unseen attacks (mean)"),
              ("unseen_worst", "unseen attacks (worst case)"))
@@ -110,7 +114,7 @@ def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
 
 def history_frame(setting: Setting) -> pd.DataFrame:
     """Per-epoch histories of every run of the setting, tidy: variant, seed, epoch, val_natural, val_pgd,
-    and for reweighted methods w_frac_below_0.2 and w_hist."""
+    and for reweighted methods w_frac_below_0.2 and w_hist (raw), rw_frac_below_0.2 and rw_hist (relative)."""
     rows = []
     for v in setting.variants:
         for seed, run in zip(v.seeds, v.run_ids):
@@ -144,13 +148,27 @@ def _hist_epochs(epochs: list[int]) -> list[int]:
     return list(dict.fromkeys([epochs[0], epochs[len(epochs) // 2], epochs[-1]]))
 
 
-def weights_figure(hist: pd.DataFrame) -> Figure | None:
-    """(a) share of instances with weight < 0.2 per epoch, per reweighted variant (mean over seeds), and one
-    panel per reweighted variant with its weight histogram at a few epochs (counts pooled over seeds).
-    None when no run recorded weights (AT, or burn-in only)."""
-    col = f"w_frac_below_{LOW_WEIGHT}"
-    if col not in hist or hist[col].isna().all():
+def weights_kind(hist: pd.DataFrame) -> str | None:
+    """'relative' when every reweighted epoch of the histories carries relative weights (rw_*), 'raw' when some
+    do not (histories written before they existed: the raw w_* are drawn for all, never a mix), None when no
+    run recorded weights (AT, or burn-in only)."""
+    raw, rel = f"w_frac_below_{LOW_WEIGHT}", f"rw_frac_below_{LOW_WEIGHT}"
+    if raw not in hist or hist[raw].isna().all():
         return None
+    rows = hist[hist[raw].notna()]
+    return "relative" if rel in rows and rows[rel].notna().all() else "raw"
+
+
+def weights_figure(hist: pd.DataFrame) -> Figure | None:
+    """(a) share of instances with relative weight < 0.2 per epoch, per reweighted variant (mean over seeds),
+    and one panel per reweighted variant with its relative-weight histogram at a few epochs (counts pooled over
+    seeds). Raw weights instead for old histories (`weights_kind`). None when no run recorded weights."""
+    kind = weights_kind(hist)
+    if kind is None:
+        return None
+    relative = kind == "relative"
+    prefix, edges, what = ("rw", REL_HIST_EDGES, "relative weight") if relative else ("w", HIST_EDGES, "weight")
+    col, hist_col = f"{prefix}_frac_below_{LOW_WEIGHT}", f"{prefix}_hist"
     rw = hist[hist[col].notna()]
     variants = list(dict.fromkeys(rw["variant"]))
     n = 1 + len(variants)
@@ -164,18 +182,23 @@ def weights_figure(hist: pd.DataFrame) -> Figure | None:
         share.plot(grp.index.to_numpy(), 100 * grp.to_numpy(), marker=".", label=variant)
     share.set_xlabel("epoch")
     share.xaxis.set_major_locator(MaxNLocator(integer=True))
-    share.set_ylabel(f"instances with weight < {LOW_WEIGHT} (%)")
+    share.set_ylabel(f"instances with {what} < {LOW_WEIGHT} (%)")
     share.set_title("(a) share of small weights", fontsize=9)
     share.set_ylim(0, 100)
     share.legend(fontsize=6)
-    edges = np.array(HIST_EDGES + [HIST_EDGES[-1] + 0.2])  # the overflow bin drawn as [4.0, 4.2)
+    step = edges[-1] - edges[-2]
+    bin_edges = np.array(edges + [round(edges[-1] + step, 1)])  # the overflow bin drawn one step wide
     for ax, variant in zip(axes[1:], variants):
-        grp = rw[(rw["variant"] == variant) & rw["w_hist"].notna()] if "w_hist" in rw else rw.iloc[:0]
+        grp = rw[(rw["variant"] == variant) & rw[hist_col].notna()] if hist_col in rw else rw.iloc[:0]
         for epoch in _hist_epochs(sorted(grp["epoch"].unique())) if len(grp) else []:
-            counts = np.sum([np.asarray(h, float) for h in grp.loc[grp["epoch"] == epoch, "w_hist"]], axis=0)
-            ax.stairs(100 * counts / max(counts.sum(), 1), edges, label=f"epoch {epoch}")
+            counts = np.sum([np.asarray(h, float) for h in grp.loc[grp["epoch"] == epoch, hist_col]], axis=0)
+            ax.stairs(100 * counts / max(counts.sum(), 1), bin_edges, label=f"epoch {epoch}")
         ax.axvline(LOW_WEIGHT, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_xlabel("weight (last bin: ≥ 4)")
+        if relative:
+            ax.axvline(1.0, color="black", linestyle="--", linewidth=0.6)  # the batch mean
+            ax.set_xlabel(f"relative weight (1 = batch mean; last bin: ≥ {edges[-1]:g})")
+        else:
+            ax.set_xlabel(f"raw weight (last bin: ≥ {edges[-1]:g})")
         ax.set_ylabel("instances (%)")
         ax.set_title(variant, fontsize=9)
         ax.legend(fontsize=6)
