@@ -51,10 +51,10 @@ def _attacks_md(csv: str) -> str:
 
 
 def answer_lines(gaps: pd.DataFrame) -> list[str]:
-    """One plain sentence per compared row: the gap on seen and unseen attacks, interval, verdict, p."""
+    """One plain sentence per compared row: the gap on seen, related and unseen attacks, interval, verdict, p."""
     def gap_text(g: dict, key: str, how: str) -> str:
         lo, hi, p = g[f"{key}_gap_low"], g[f"{key}_gap_high"], g[f"{key}_p"]
-        p_text = f", McNemar p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if tables.finite(p) else ""
+        p_text = f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if tables.finite(p) else ""
         return f"{g[f'{key}_gap']:+.2f} points{how} [{lo:.1f}, {hi:.1f}] ({_verdict(lo, hi)}{p_text})"
 
     lines = []
@@ -62,6 +62,8 @@ def answer_lines(gaps: pd.DataFrame) -> list[str]:
         parts = []
         if tables.finite(g["seen_gap"]):
             parts.append(f"on the seen attacks ({_attacks_md(g['seen_attacks'])}) {gap_text(g, 'seen', '')}")
+        if tables.finite(g.get("related_gap", float("nan"))):
+            parts.append(f"on the related attacks ({_attacks_md(g['related_attacks'])}) {gap_text(g, 'related', '')}")
         if tables.finite(g["unseen_mean_gap"]):
             parts.append(f"on the unseen attacks ({_attacks_md(g['unseen_attacks'])}) "
                          f"{gap_text(g, 'unseen_mean', ' on average')} and "
@@ -123,13 +125,14 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
     seeds = tables.count_text(cells.groupby("variant")["n_seeds"].max().tolist(), "seed")
     figures = [("fig_heatmap", plots.heatmap_figure(cells),
                 f"Accuracy (\\%) per training attack (rows) and evaluation attack (columns), one panel per method, "
-                f"mean over {seeds} on {sel_tex}, {setting.n_points} test points. $\\dagger$: seen attack. The colour "
+                f"mean over {seeds} on {sel_tex}, {setting.n_points} test points. $\\dagger$: seen attack, $\\ddagger$: "
+                f"related attack. The colour "
                 f"scale spans the attacked columns; natural accuracy saturates it.")]
     if not gaps.empty:
         figures.append(("fig_gap", plots.gap_figure(gaps, setting.baseline),
-                        f"Gap to the baseline ({base_name}) on seen attacks, and on unseen attacks (mean and "
-                        f"per-example worst case), averaged over {seeds} per row; bars: 95\\% paired bootstrap "
-                        f"intervals over the {setting.n_points} test points. {sel_tex}."))
+                        f"Gap to the baseline ({base_name}) on seen and related attacks, and on unseen attacks (mean "
+                        f"and per-example worst case), over seed-matched runs ({seeds} per row); bars: 95\\% "
+                        f"bootstrap intervals over the {setting.n_points} test points. {sel_tex}."))
     if not hist.empty:
         figures.append(("fig_curves", plots.curves_figure(hist),
                         f"Training curves: natural and PGD-10 accuracy on the validation split after each epoch, "

@@ -29,7 +29,7 @@ from bench.report import ATTACK_LABELS, METHOD_LABELS, Setting, attack_order
 HIST_EDGES = [round(0.2 * i, 1) for i in range(21)]
 REL_HIST_EDGES = [round(0.1 * i, 1) for i in range(31)]
 LOW_WEIGHT = 0.2
-GAP_KINDS = (("seen", "seen attacks"), ("unseen_mean", "unseen attacks (mean)"),
+GAP_KINDS = (("seen", "seen attacks"), ("related", "related attacks"), ("unseen_mean", "unseen attacks (mean)"),
              ("unseen_worst", "unseen attacks (worst case)"))
 
 
@@ -77,7 +77,8 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
             i, j = variants.index(c["variant"]), attacks.index(c["eval_attack"])
             grid[i, j] = c["mean"]
             shade = min(1.0, (c["mean"] - lo) / max(hi - lo, 1e-9))
-            ax.text(j, i, f"{c['mean']:.1f}" + ("†" if c["seen"] else ""), ha="center", va="center", fontsize=7,
+            mark = {"seen": "†", "related": "‡"}.get(c.get("relation", ""), "")
+            ax.text(j, i, f"{c['mean']:.1f}{mark}", ha="center", va="center", fontsize=7,
                     color="black" if shade > 0.6 else "white")
         image = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(attacks)), [ATTACK_LABELS.get(a, a) for a in attacks], rotation=45, ha="right",
@@ -93,17 +94,20 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
 
 
 def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
-    """Grouped bars per variant: gap to its baseline on seen, unseen (mean) and unseen (worst case) attacks,
-    with 95% paired bootstrap intervals. Missing values (e.g. no seen attack evaluated) draw no bar."""
+    """Grouped bars per variant: gap to its baseline on seen, related, unseen (mean) and unseen (worst case)
+    attacks, with 95% bootstrap intervals. Missing values (e.g. no seen attack evaluated) draw no bar; a kind
+    no row has (e.g. no related attack) takes no slot."""
     fig = _figure(max(5.0, 1.1 * len(gaps) + 2.5), 3.8)
     ax = fig.subplots()
     x = np.arange(len(gaps))
-    width = 0.8 / len(GAP_KINDS)
-    for k, (key, label) in enumerate(GAP_KINDS):
+    kinds = [(key, label) for key, label in GAP_KINDS
+             if f"{key}_gap" in gaps and np.isfinite(gaps[f"{key}_gap"].to_numpy(float)).any()]
+    width = 0.8 / max(1, len(kinds))
+    for k, (key, label) in enumerate(kinds):
         vals = gaps[f"{key}_gap"].to_numpy(float)
         ok = np.isfinite(vals)
         err = np.vstack([vals - gaps[f"{key}_gap_low"].to_numpy(float), gaps[f"{key}_gap_high"].to_numpy(float) - vals])
-        ax.bar(x[ok] + (k - 1) * width, vals[ok], width, yerr=err[:, ok], capsize=3, label=label)
+        ax.bar(x[ok] + (k - (len(kinds) - 1) / 2) * width, vals[ok], width, yerr=err[:, ok], capsize=3, label=label)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, gaps["variant"].tolist(), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("gap to baseline (accuracy points)")
