@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.config.catalog import DATASETS as CATALOG_DATASETS, DatasetEntry
 from bench.config.names import UsageError, lookup
 
 log = logging.getLogger(__name__)
@@ -29,35 +30,13 @@ class DatasetNotFound(UsageError):
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    augment: bool  # random crop (pad 4) + horizontal flip, as in the CIFAR recipes
-    summary: str
-    n_train: int = 0  # sizes of the source splits, for plans made without the files (`bench run --dry-run`)
-    n_test: int = 0
+class DatasetInfo(DatasetEntry):
+    """A catalogued dataset (bench/config/catalog.py: sizes, budgets, labels) with its registry name."""
 
-    def split_sizes(self, val_size: int, train_subset: int | None, test_subset: int | None) -> tuple[int, int]:
-        """(training points, test points) that `load_data` gives for these settings."""
-        n_train = self.n_train - val_size
-        return (min(train_subset, n_train) if train_subset else n_train,
-                min(test_subset, self.n_test) if test_subset else self.n_test)
+    name: str = ""
 
 
-DATASETS = {
-    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, False,
-                                 "Fashion-MNIST (embedded default; Debian package or torchvision)", 60000, 10000),
-    "mnist": DatasetInfo("mnist", 10, 1, 28, False, "MNIST through torchvision", 60000, 10000),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, True, "CIFAR-10 through torchvision (RobustBench test order)",
-                           50000, 10000),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, True, "CIFAR-100 through torchvision (RobustBench test order)",
-                            50000, 10000),
-    "svhn": DatasetInfo("svhn", 10, 3, 32, True, "SVHN through torchvision", 73257, 26032),
-    "synthetic": DatasetInfo("synthetic", 10, 1, 28, False, "tiny generated 28x28 data for tests (no files)",
-                             1536, 512),
-}
+DATASETS = {name: DatasetInfo(**vars(entry), name=name) for name, entry in CATALOG_DATASETS.items()}
 
 
 @dataclass(frozen=True)

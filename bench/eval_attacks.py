@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from bench.attacks import PGD, AttackResult
-from bench.guards import default_eps, refuse_unsafe  # noqa: F401  (default_eps: the run path's L2 default)
+from bench.config.catalog import EVAL_ATTACKS as CATALOG, EvalAttackEntry
+from bench.guards import refuse_unsafe
 from bench.store import decode_flags, encode_flags, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,17 @@ AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 @dataclass(frozen=True)
 class EvalAttackInfo:
-    summary: str
-    strength: int  # monotonicity guard: accuracy must not rise with strength (natural 0 < fgsm < pgd < aa)
-    params: dict
+    entry: EvalAttackEntry  # label, summary, strength: bench/config/catalog.py
+    params: dict  # recorded settings
+
+    @property
+    def summary(self) -> str:
+        return self.entry.summary
+
+    @property
+    def strength(self) -> int:
+        """Monotonicity guard: accuracy must not rise with strength (natural 0 < fgsm < pgd < aa)."""
+        return self.entry.strength
 
 
 def build_pgd(name: str, eps: float, threat_model: str) -> PGD:
@@ -50,21 +59,13 @@ def build_pgd(name: str, eps: float, threat_model: str) -> PGD:
     raise KeyError(name)
 
 
-EVAL_ATTACKS: dict[str, EvalAttackInfo] = {
-    "natural": EvalAttackInfo("clean accuracy", 0, {}),
-    "fgsm": EvalAttackInfo("FGSM, one step of eps, no random start", 1, {"steps": 1}),
-    "pgd20": EvalAttackInfo("PGD-20 on CE, step eps/4, uniform random start", 2,
-                            {"steps": 20, "step_size": "eps/4"}),
-    "cw20": EvalAttackInfo("PGD-20 on the CW margin loss, kappa_c = 0 [choice], step eps/4", 2,
-                           {"steps": 20, "step_size": "eps/4", "cw_kappa": 0.0}),
-    "aa": EvalAttackInfo("AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), pyautoattack", 3,
-                         {"version": "standard"}),
-    "apgd-ce": EvalAttackInfo("AutoAttack's APGD-CE alone (standard settings)", 2, {"version": "custom"}),
-    "apgd-t": EvalAttackInfo("AutoAttack's APGD-T alone (9 targets, standard settings)", 2,
-                             {"version": "custom"}),
-    "fab-t": EvalAttackInfo("AutoAttack's FAB-T alone (standard settings)", 2, {"version": "custom"}),
-    "square": EvalAttackInfo("AutoAttack's Square alone (5000 queries)", 2, {"version": "custom"}),
+_PARAMS = {
+    "natural": {}, "fgsm": {"steps": 1}, "pgd20": {"steps": 20, "step_size": "eps/4"},
+    "cw20": {"steps": 20, "step_size": "eps/4", "cw_kappa": 0.0}, "aa": {"version": "standard"},
+    **{name: {"version": "custom"} for name in AA_COMPONENTS},
 }
+EVAL_ATTACKS: dict[str, EvalAttackInfo] = {name: EvalAttackInfo(entry, _PARAMS[name])
+                                           for name, entry in CATALOG.items()}
 # What Square is compared with (guards.check_square): AutoAttack's own white-box attacks, as in its
 # check_square_sr. FGSM and PGD-20 are left out: Square (5000 queries) beating them is expected, not masking.
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")

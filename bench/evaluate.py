@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from bench.config import EvalConfig, checkpoint_epoch_number
+from bench.config.catalog import default_eps
 from bench.data import Split, to_float
 from bench.eval_attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
-from bench.guards import (check_autoattack, check_model, check_monotone, check_square, columns, default_eps,
+from bench.guards import (check_autoattack, check_model, check_monotone, check_square, columns,
                           merge_columns)
 from bench.config.names import UsageError
 from bench.provenance import provenance

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import DATASETS
-from bench.guards import default_eps
+from bench.config.catalog import MODELS, default_eps
 from bench.config.names import UsageError
 from bench.store import Store, atomic_path, read_json, write_json
 
-ARCHITECTURES = {"small-cnn": "SmallCNN", "resnet18": "ResNet-18", "preact-resnet18": "PreActResNet-18",
-                 "wrn-34-10": "WideResNet-34-10"}
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 BENCHMARK_DATASETS = ("cifar10", "cifar100")  # what robustbench.eval.benchmark can load, of ours
 
@@ -63,7 +61,7 @@ def model_info(config: dict[str, Any], rows: dict[str, dict], model_sha256: str)
     info = dataclasses.asdict(ModelInfo(
         name=f"lrat-bench {train['method']} ({train['train_attack']}) run {config['run_id']}",
         additional_data=False, number_forward_passes=1, dataset=train["dataset"],
-        architecture=ARCHITECTURES.get(train["model"], train["model"]), eps=aa["eval_eps"],
+        architecture=MODELS[train["model"]].label if train["model"] in MODELS else train["model"], eps=aa["eval_eps"],
         clean_acc=_percent(nat["accuracy"]), autoattack_acc=_percent(aa["accuracy"]),
         footnote=f"AutoAttack standard (pyautoattack {aa.get('pyautoattack_version', '?')}, seed "
                  f"{aa['eval_seed']}) on {aa['n_eval']} test points ({aa.get('test_points', 'unknown order')})."))

@@ -219,13 +219,3 @@ def check_square(flags: Mapping[str, Sequence[bool]], white_box: Sequence[str], 
     elif not notes:
         return GuardResult("square", "skip", "needs a stored square row and a white-box row")
     return GuardResult("square", "flag", "; ".join(notes)) if notes else GuardResult("square", "ok")
-
-
-def default_eps(dataset: str, threat_model: str) -> float:
-    """The usual budgets: L-inf 8/255 (CIFAR, SVHN) and 0.1 ((fashion-)MNIST); L2 0.5 and 1.5."""
-    small = dataset in ("mnist", "fashion-mnist", "synthetic")
-    if threat_model == "linf":
-        return 0.1 if small else 8 / 255
-    if threat_model == "l2":
-        return 1.5 if small else 0.5
-    raise UsageError(f"Unknown threat model '{threat_model}' (choices: l2, linf).")

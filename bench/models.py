@@ -145,13 +145,6 @@ MODELS = {
     "wrn-34-10": lambda k, c, s: WideResNet(34, 10, k, c),
 }
 
-MODEL_SUMMARIES = {
-    "small-cnn": "TRADES SmallCNN for 28x28 inputs (~0.3M parameters)",
-    "resnet18": "ResNet-18, CIFAR form (11M)",
-    "preact-resnet18": "PreAct ResNet-18, CIFAR form (11M)",
-    "wrn-34-10": "WideResNet-34-10 (46M), as in TRADES/GAIRAT/MAIL",
-}
-
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     return lookup("model", name, MODELS)(num_classes, in_channels, image_size)

@@ -30,7 +30,7 @@ from bench.models import build_model
 from bench.config.names import UsageError
 from bench.provenance import provenance
 from bench.train import RuntimeOptions, autocast, train_run, tune_for
-from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
+from bench.train_attacks import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
 from methods import StepContext, StepOutput, build_method_reweighting_now
 
 
@@ -122,7 +122,7 @@ def measure(s: SpeedSettings, device: torch.device) -> dict[str, Any]:
         for name in s.methods:
             method = build_method_reweighting_now(name)
             try:  # the same refusal `bench run` gives: skip pairs the method cannot take
-                method.check_attacks(cfg.attack_names, HAS_KAPPA, cfg.attack_steps)
+                method.check_attacks(cfg.attack_names, cfg.attack_steps)
             except UsageError:
                 continue
 

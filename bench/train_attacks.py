@@ -6,46 +6,32 @@ from dataclasses import dataclass
 
 from bench.attacks import PGD, FGSMRandomStart
 from bench.config import TrainConfig
-from bench.config.names import UsageError, lookup
+from bench.config.catalog import TRAIN_ATTACKS as CATALOG, TrainAttackEntry
+from bench.config.method_params import attack_steps_per_example as steps_per_example
 from bench.saa import SAA
 
 
 @dataclass(frozen=True)
 class TrainAttackInfo:
-    summary: str
-    has_kappa: bool
+    entry: TrainAttackEntry  # label, summary, has_kappa: bench/config/catalog.py
     build: Callable[[TrainConfig], object]
-    steps: Callable[[TrainConfig], int]  # gradient steps per example, for cost estimates
+
+    @property
+    def summary(self) -> str:
+        return self.entry.summary
+
+    @property
+    def has_kappa(self) -> bool:
+        return self.entry.has_kappa
 
 
 TRAIN_ATTACKS = {
-    "pgd": TrainAttackInfo(
-        "PGD on CE, K steps (default 10 of eps/4), uniform random start (Madry et al. 2018)", True,
-        lambda c: PGD(c.eps, c.attack_steps, c.attack_step_size, "ce"), lambda c: c.attack_steps),
-    "cw": TrainAttackInfo(
-        "PGD on the CW margin loss, kappa_c = 50 as in the CAT/GAIRAT code", True,
-        lambda c: PGD(c.eps, c.attack_steps, c.attack_step_size, "cw", cw_kappa=c.cw_kappa),
-        lambda c: c.attack_steps),
-    "saa": TrainAttackInfo(
-        "LRAT's simplified AutoAttack: APGD targeted DLR, 3 targets x 20 steps, lowest-margin merge", False,
-        lambda c: SAA(c.eps, c.saa_targets, c.saa_steps, c.saa_merge), lambda c: c.saa_targets * c.saa_steps),
-    "fgsm": TrainAttackInfo(
-        "FGSM with random start, one step of 1.25 eps (Wong et al. 2020); cheap runs and tests", False,
-        lambda c: FGSMRandomStart(c.eps), lambda c: 1),
+    "pgd": TrainAttackInfo(CATALOG["pgd"], lambda c: PGD(c.eps, c.attack_steps, c.attack_step_size, "ce")),
+    "cw": TrainAttackInfo(CATALOG["cw"],
+                          lambda c: PGD(c.eps, c.attack_steps, c.attack_step_size, "cw", cw_kappa=c.cw_kappa)),
+    "saa": TrainAttackInfo(CATALOG["saa"], lambda c: SAA(c.eps, c.saa_targets, c.saa_steps, c.saa_merge)),
+    "fgsm": TrainAttackInfo(CATALOG["fgsm"], lambda c: FGSMRandomStart(c.eps)),
 }
-HAS_KAPPA = {name: info.has_kappa for name, info in TRAIN_ATTACKS.items()}  # for Method.check_attacks
-
-
-def parse_train_attack(value: str) -> str:
-    """'saa + CW' -> 'saa+cw', each part checked against the registry (a '+' combines attacks in one run)."""
-    parts = [p.strip().lower() for p in value.split("+")]
-    if not all(parts):
-        raise UsageError(f"Malformed training attack '{value}': use names joined by '+', e.g. saa+cw.")
-    for p in parts:
-        lookup("training attack", p, TRAIN_ATTACKS)
-    if len(set(parts)) != len(parts):
-        raise UsageError(f"Training attack '{value}' names the same attack twice.")
-    return "+".join(parts)
 
 
 def build_train_attacks(cfg: TrainConfig) -> tuple:
@@ -53,4 +39,5 @@ def build_train_attacks(cfg: TrainConfig) -> tuple:
 
 
 def attack_steps_per_example(cfg: TrainConfig) -> int:
-    return sum(TRAIN_ATTACKS[name].steps(cfg) for name in cfg.attack_names)
+    """Gradient steps one training example costs in its attacks (bench/config/method_params.py)."""
+    return steps_per_example(cfg.train_attack, cfg.attack_steps, cfg.saa_targets, cfg.saa_steps)

@@ -16,7 +16,8 @@ import torch
 
 from bench.attacks import AttackResult
 from bench.losses import ce_loss
-from bench.config.names import UsageError, suggest
+from bench.config.catalog import METHODS as CATALOG_METHODS, MethodEntry, Param
+from bench.config.method_params import check_method_attacks, resolve_method_params
 
 
 @dataclass(frozen=True)
@@ -102,36 +103,34 @@ class Method:
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type]  # a frozen dataclass of the method's parameters, with the papers' defaults
+    # For a method outside the catalog (a plugin); a catalogued method's come from bench/config/catalog.py.
     max_attacks: ClassVar[int] = 1
     needs_kappa: ClassVar[bool] = False
-    min_attack_steps: ClassVar[int] = 1  # K of the pgd/cw training attacks (GAIRAT: 2, it divides by floor(K/2))
-    min_attack_steps_why: ClassVar[str] = ""
+    min_attack_steps: ClassVar[int] = 1
 
     def __init__(self, params: Any):
         self.params = params
 
-    def check_attacks(self, attack_names: tuple[str, ...], has_kappa: dict[str, bool],
-                      attack_steps: int | None = None) -> None:
-        """Refuse, at config time, training attacks the method cannot take. `attack_steps`: the run's K of the
-        pgd/cw attacks (None: not checked)."""
-        if len(attack_names) > self.max_attacks:
-            raise UsageError(f"Method '{self.name}' takes one training attack; '{'+'.join(attack_names)}' "
-                             f"combines {len(attack_names)}. Only lrat/lsat take several (e.g. saa+cw).")
-        if self.needs_kappa:
-            lacking = [a for a in attack_names if not has_kappa[a]]
-            if lacking:
-                raise UsageError(f"Method '{self.name}' needs the attack's step count kappa, which training "
-                                 f"attack '{lacking[0]}' does not give; use pgd or cw.")
-        if attack_steps is not None and attack_steps < self.min_attack_steps:
-            raise UsageError(f"Method '{self.name}' needs at least {self.min_attack_steps} attack steps "
-                             f"(--attack-steps), got {attack_steps}: {self.min_attack_steps_why}")
+    @classmethod
+    def entry(cls) -> MethodEntry:
+        """The method's catalog entry (labels, parameter specs, attack rules); for a method outside the catalog,
+        one built from its class attributes and its Params dataclass."""
+        if cls.name in CATALOG_METHODS:
+            return CATALOG_METHODS[cls.name]
+        params = {f.name: Param(f.default, f"{cls.__module__}.{cls.Params.__name__}") for f in dataclasses.fields(cls.Params)}
+        return MethodEntry(cls.name.upper(), params=params, max_attacks=cls.max_attacks, needs_kappa=cls.needs_kappa,
+                           min_attack_steps=cls.min_attack_steps)
+
+    def check_attacks(self, attack_names: tuple[str, ...], attack_steps: int | None = None) -> None:
+        """Refuse, at config time, training attacks the method cannot take (bench/config/method_params.py)."""
+        check_method_attacks(self.name, attack_names, attack_steps, self.entry())
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
 
     @classmethod
     def make(cls, overrides: dict[str, Any] | None = None) -> "Method":
-        return cls(build_params(cls.name, cls.Params, overrides or {}))
+        return cls(build_params(cls.name, cls.Params, overrides or {}, cls.entry()))
 
 
 class WeightedCE(Method):
@@ -152,31 +151,6 @@ class WeightedCE(Method):
         return StepOutput((w * per_example).mean(), w, relative_weights=w / w.mean())
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
-    if not isinstance(value, str) or isinstance(default, str):
-        return float(value) if isinstance(default, float) and isinstance(value, int) else value
-    try:
-        if isinstance(default, bool):
-            return value.lower() in ("1", "true", "yes")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise UsageError(f"Method parameter {key}={value!r} is not a {type(default).__name__}.") from None
-    return value
-
-
-def build_params(method: str, params_cls: type, overrides: dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(params_cls)}
-    defaults = params_cls()
-    values = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise UsageError(f"Unknown parameter '{key}' for method '{method}'.{suggest(key, fields)} "
-                             f"(parameters: {', '.join(fields) or 'none'})")
-        values[key] = _coerce(value, getattr(defaults, key), f"{method}.{key}")
-    try:
-        return params_cls(**values)
-    except ValueError as exc:
-        raise UsageError(f"Method '{method}': {exc}") from None
+def build_params(method: str, params_cls: type, overrides: dict[str, Any], entry: MethodEntry):
+    """The method's Params from the catalog's defaults and checked overrides (UsageError on a bad value)."""
+    return params_cls(**resolve_method_params(method, overrides, entry))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.config.catalog import method_defaults
 from methods.base import StepContext, WeightedCE, reweighting_started
 
 
@@ -31,23 +32,19 @@ def gairat_weights(kappa: torch.Tensor, num_steps: int, lam: float) -> torch.Ten
     return (w * len(w) / w.sum()).float().detach()
 
 
+_DEFAULTS = method_defaults("gairat")  # bench/config/catalog.py, with their sources
+
+
 @dataclass(frozen=True)
 class GAIRATParams:
-    lam: float = -1.0  # GAIRAT.py --Lambda
-    burn_in: float = 59 / 120  # fraction of the run trained with plain AT (GAIRAT.py: 0-based epochs 0..58 of 120)
-
-    def __post_init__(self):
-        if not 0.0 <= self.burn_in <= 1.0:
-            raise ValueError(f"burn_in must be a fraction in [0, 1], got {self.burn_in}")
+    lam: float = _DEFAULTS["lam"]  # GAIRAT.py --Lambda
+    burn_in: float = _DEFAULTS["burn_in"]  # fraction trained with plain AT (GAIRAT.py: 0-based epochs 0..58 of 120)
 
 
 class GAIRAT(WeightedCE):
     name = "gairat"
     summary = "geometry-aware instance reweighting from kappa (Zhang et al. ICLR 2021), lam=-1, plain AT for 59/120"
     Params = GAIRATParams
-    needs_kappa = True
-    min_attack_steps = 2
-    min_attack_steps_why = "GAIRAT's weights divide by floor(K/2), which is 0 below 2 steps (NaN weights)."
 
     def weights(self, logits_adv, y, adv, attack, ctx: StepContext):
         if not reweighting_started(ctx.epoch, ctx.epochs, self.params.burn_in):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.losses import ce_loss, prob_margin
+from bench.config.catalog import method_defaults
 from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
 
 
@@ -45,36 +46,28 @@ def lrat_coefficients(logits_variants: list[torch.Tensor], y: torch.Tensor, alph
     return (anchor / z).detach(), (w / z).detach()
 
 
+_DEFAULTS = method_defaults("lrat")  # bench/config/catalog.py: values, valid choices and sources
+
+
 @dataclass(frozen=True)
 class LRATParams:
-    alpha: float = 2.0
-    beta: float = 0.5
-    C: float = 0.1
-    anchor: str = "natural"  # [choice] natural | pgd | saa
-    weighting: str = "lrat"  # lrat | none (= LSAT)
-    anchor_bn: str = "eval"  # [choice] eval | batch: BN of the anchor pass (eval: running stats, needing instances)
-
-    def __post_init__(self):
-        if self.anchor_bn not in ("eval", "batch"):
-            raise ValueError(f"anchor_bn must be eval or batch, got {self.anchor_bn!r}")
-        if self.anchor not in ("natural", "pgd", "saa"):
-            raise ValueError(f"anchor must be natural, pgd or saa, got {self.anchor!r}")
-        if self.weighting not in ("lrat", "none"):
-            raise ValueError(f"weighting must be lrat or none, got {self.weighting!r}")
-        if self.C < 0 or self.alpha < 0 or self.beta < 0:
-            raise ValueError("alpha, beta and C must be >= 0")
+    alpha: float = _DEFAULTS["alpha"]
+    beta: float = _DEFAULTS["beta"]
+    C: float = _DEFAULTS["C"]
+    anchor: str = _DEFAULTS["anchor"]  # [choice] natural | pgd | saa
+    weighting: str = _DEFAULTS["weighting"]  # lrat | none (= LSAT)
+    anchor_bn: str = _DEFAULTS["anchor_bn"]  # [choice] eval | batch: BN of the anchor pass
 
 
 @dataclass(frozen=True)
 class LSATParams(LRATParams):
-    weighting: str = "none"
+    weighting: str = method_defaults("lsat")["weighting"]
 
 
 class LRAT(Method):
     name = "lrat"
     summary = "local reweighting inside each (instance, variants) pair (Gao et al. ICLR 2022), alpha=2 beta=0.5 C=0.1"
     Params = LRATParams
-    max_attacks = 8
 
     def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
         p = self.params

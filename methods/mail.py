@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.losses import prob_margin
+from bench.config.catalog import method_defaults
 from methods.base import StepContext, WeightedCE, reweighting_started
 
 
@@ -29,15 +30,14 @@ def mail_weights(logits_adv: torch.Tensor, y: torch.Tensor, slope: float = 1.0, 
     return (3.0 * torch.sigmoid(slope * (-pm + bias))).detach()
 
 
+_DEFAULTS = method_defaults("mail")  # bench/config/catalog.py, with their sources
+
+
 @dataclass(frozen=True)
 class MAILParams:
-    slope: float = 1.0  # MAIL train.py --slope
-    bias: float = -1.5  # MAIL train.py --bias
-    burn_in: float = 76 / 120  # fraction of the run trained with plain AT (train.py: `epoch <= 75` of 120)
-
-    def __post_init__(self):
-        if not 0.0 <= self.burn_in <= 1.0:
-            raise ValueError(f"burn_in must be a fraction in [0, 1], got {self.burn_in}")
+    slope: float = _DEFAULTS["slope"]  # MAIL train.py --slope
+    bias: float = _DEFAULTS["bias"]  # MAIL train.py --bias
+    burn_in: float = _DEFAULTS["burn_in"]  # fraction trained with plain AT (train.py: `epoch <= 75` of 120)
 
 
 class MAIL(WeightedCE):

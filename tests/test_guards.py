@@ -10,9 +10,10 @@ import torch.nn as nn
 from conftest import TinyNet
 
 from bench.eval_attacks import EVAL_ATTACKS, WHITE_BOX, run_eval_attack
+from bench.config.catalog import default_eps
 from bench.guards import (ALL_GUARDS, GuardFailure, GuardResult, check_autoattack, check_deterministic, check_eps,
                           check_eval_mode, check_input_range, check_logits, check_model, check_monotone,
-                          check_square, check_zero_grad, columns, default_eps, merge_columns, monotone_tolerance)
+                          check_square, check_zero_grad, columns, merge_columns, monotone_tolerance)
 from bench.config.names import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

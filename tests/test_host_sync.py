@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.data import augment_batch, to_float
-from bench.train_attacks import HAS_KAPPA
+from bench.config.catalog import TRAIN_ATTACKS as CATALOG_ATTACKS
 from methods import METHODS, build_method_reweighting_now
 from test_methods import context
 
@@ -53,7 +53,7 @@ def test_the_recorder_sees_host_reads_in_forward_and_backward():
 
 
 @pytest.mark.parametrize("name,attack", [(name, attack) for name in sorted(METHODS) for attack in ("pgd", "cw", "fgsm")
-                                          if HAS_KAPPA[attack] or not METHODS[name].needs_kappa])
+                                          if CATALOG_ATTACKS[attack].has_kappa or not METHODS[name].entry().needs_kappa])
 def test_a_training_step_reads_nothing_back_before_its_backward(name, attack, tiny_model, batch):
     method = build_method_reweighting_now(name)
     x, y = batch

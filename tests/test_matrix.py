@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.cli import run as run_command
-from bench.matrix import defaults_of, grad_steps, hours, load_matrix_file, merge, resolve
+from bench.cli.run import run as run_command
+from bench.config.matrix_merge import defaults_of, merge
+from bench.config.matrix_estimate import grad_steps, hours
+from bench.config.matrix_file import load_matrix_file
+from bench.config.matrix_cells import resolve
 from bench.config.names import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +126,7 @@ def test_l2_evaluation_with_an_explicit_budget():
     cell = cells_of({}, dataset="synthetic", threat_model="l2", eval_eps="1.5")[0]
     assert (cell.eval.threat_model, cell.eval.eps, cell.train.eps) == ("l2", 1.5, 0.1)
     assert cells_of({}, dataset="synthetic")[0].eval.eps is None  # L-inf: the training budget
-    from bench.guards import default_eps
+    from bench.config.catalog import default_eps
 
     # L2 without a budget: the evaluation module's usual one, fixed in the cell so its eval group is known
     assert cells_of({}, dataset="synthetic", threat_model="l2")[0].eval.eps == default_eps("synthetic", "l2")
@@ -141,7 +144,7 @@ def test_work_estimate_by_hand():
 def test_dry_run_shows_finished_failed_and_pending_cells_with_the_work_left(tmp_path, monkeypatch, one_thread):
     import dataclasses
 
-    import bench.runner as runner_mod
+    import bench.execution.runner as runner_mod
 
     real = runner_mod.train_run
     monkeypatch.setattr(runner_mod, "train_run", lambda cfg, *a, **k: real(

@@ -12,7 +12,7 @@ import torch
 from bench.config import TrainConfig
 from bench.losses import ce_loss
 from bench.config.names import UsageError
-from bench.train_attacks import HAS_KAPPA, TRAIN_ATTACKS, build_train_attacks
+from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
 from methods import METHODS, StepContext, build_method, build_method_reweighting_now
 from methods.base import first_reweighted_epoch, in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights
@@ -54,10 +54,10 @@ def test_gairat_refuses_fewer_than_two_steps():
     with pytest.raises(ValueError, match="at least 2 attack steps"):
         gairat_weights(torch.tensor([0, 1]), num_steps=1, lam=-1.0)
     with pytest.raises(UsageError, match="Method 'gairat' needs at least 2 attack steps"):
-        build_method("gairat").check_attacks(("pgd",), HAS_KAPPA, attack_steps=1)
+        build_method("gairat").check_attacks(("pgd",), attack_steps=1)
     assert torch.isfinite(gairat_weights(torch.tensor([0, 1, 2]), num_steps=2, lam=-1.0)).all()
-    build_method("gairat").check_attacks(("pgd",), HAS_KAPPA, attack_steps=2)
-    build_method("at").check_attacks(("pgd",), HAS_KAPPA, attack_steps=1)  # only GAIRAT needs two
+    build_method("gairat").check_attacks(("pgd",), attack_steps=2)
+    build_method("at").check_attacks(("pgd",), attack_steps=1)  # only GAIRAT needs two
 
 
 def test_mail_weights_by_hand():
@@ -208,11 +208,11 @@ def test_mail_schedule_matches_the_official_code_at_120_epochs():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
     method = build_method_reweighting_now(name)
-    if method.needs_kappa and not HAS_KAPPA[attack]:
+    if method.entry().needs_kappa and not TRAIN_ATTACKS[attack].has_kappa:
         with pytest.raises(UsageError, match="kappa"):
-            method.check_attacks((attack,), HAS_KAPPA)
+            method.check_attacks((attack,))
         return
-    method.check_attacks((attack,), HAS_KAPPA)
+    method.check_attacks((attack,))
     x, y = batch
     torch.manual_seed(0)
     tiny_model.train()
@@ -227,8 +227,8 @@ def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
 def test_multi_attack_only_for_local_methods():
     for name in ("at", "gairat", "mail"):
         with pytest.raises(UsageError, match="one training attack"):
-            build_method(name).check_attacks(("saa", "cw"), HAS_KAPPA)
-    build_method("lrat").check_attacks(("saa", "cw"), HAS_KAPPA)
+            build_method(name).check_attacks(("saa", "cw"))
+    build_method("lrat").check_attacks(("saa", "cw"))
 
 
 def test_attack_runs_in_eval_mode_and_loss_in_train_mode(tiny_model, batch):

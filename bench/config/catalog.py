@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.config.names import UsageError
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
@@ -26,6 +28,12 @@ class DatasetEntry:
     @property
     def default_model(self) -> str:
         return DEFAULT_MODEL_BY_IMAGE_SIZE.get(self.image_size, "resnet18")
+
+    def split_sizes(self, val_size: int, train_subset: int | None, test_subset: int | None) -> tuple[int, int]:
+        """(training points, test points) that loading the data gives for these settings."""
+        n_train = self.n_train - val_size
+        return (min(train_subset, n_train) if train_subset else n_train,
+                min(test_subset, self.n_test) if test_subset else self.n_test)
 
 
 _SMALL = {"eps_linf": 0.1, "eps_l2": 1.5}  # (Fashion-)MNIST: 0.1 (TRADES/MART MNIST), L2 1.5
@@ -51,7 +59,10 @@ DEFAULT_DATASET = "fashion-mnist"
 class ModelEntry:
     label: str  # the architecture's name, as RobustBench's model_info writes it
     summary: str
-    lr: float  # default SGD learning rate at batch 128
+    # [choice] default SGD learning rate at batch 128: 0.1 as in the LRAT/GAIRAT ResNet recipes; 0.05 for the
+    # small CNN, which barely leaves chance level in short runs at 0.1 (Fashion-MNIST, 3 epochs on 4,096
+    # images: validation PGD accuracy 0.32 at lr 0.1, 0.49 at lr 0.05)
+    lr: float
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -107,18 +118,55 @@ THREAT_MODELS = ("linf", "l2")
 
 
 @dataclass(frozen=True)
+class Param:
+    """A method parameter: its default, where the default comes from, and what values are valid."""
+
+    default: bool | int | float | str
+    source: str  # the paper equation or official code file and flag (docs/methods.md has the details)
+    choices: tuple[str, ...] = ()  # strings: the valid values
+    low: float | None = None  # numbers: inclusive bounds
+    high: float | None = None
+    allow_inf: bool = False  # numbers: +-inf accepted (GAIRAT's lambda = +inf is plain AT)
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     label: str
     aliases: tuple[str, ...] = ()
+    params: dict[str, Param] = field(default_factory=dict)
+    max_attacks: int = 1  # training attacks one run may combine ('saa+cw': 2)
+    needs_kappa: bool = False  # needs GAIRAT's kappa from the training attack (pgd, cw)
+    min_attack_steps: int = 1  # K of the pgd/cw training attacks
+    min_attack_steps_why: str = ""
 
+
+_BURN_IN = {"low": 0.0, "high": 1.0}
+_LRAT_PARAMS = {
+    "alpha": Param(2.0, "LRAT paper, Eq. 12 and sec. 5.1", low=0.0),
+    "beta": Param(0.5, "LRAT paper, Eq. 12 and sec. 5.1", low=0.0),
+    "C": Param(0.1, "LRAT paper, Eq. 7 and sec. 5.1", low=0.0),
+    "anchor": Param("natural", "[choice] the paper allows natural, PGD or SAA data for x*", ("natural", "pgd", "saa")),
+    "weighting": Param("lrat", "lrat: Eq. 12; none: all weights 1 (LSAT)", ("lrat", "none")),
+    "anchor_bn": Param("eval", "[choice] BN mode of the anchor pass: eval (running statistics, the needing "
+                               "instances only) or batch (the whole batch in train mode)", ("eval", "batch")),
+}
 
 # Display order = the order of this dict (the LRAT paper's Table 1: AT, the instance-reweighted, then local).
 METHODS: dict[str, MethodEntry] = {
     "at": MethodEntry("AT"),
-    "gairat": MethodEntry("GAIRAT", aliases=("irat",)),  # "IRAT": the LRAT paper's name for instance reweighting
-    "mail": MethodEntry("MAIL"),
-    "lsat": MethodEntry("LSAT"),
-    "lrat": MethodEntry("LRAT"),
+    "gairat": MethodEntry("GAIRAT", aliases=("irat",), needs_kappa=True, min_attack_steps=2,  # "IRAT": the LRAT paper
+                          min_attack_steps_why="GAIRAT's weights divide by floor(K/2), which is 0 below 2 steps "
+                                               "(NaN weights).",
+                          params={"lam": Param(-1.0, "GAIRAT.py --Lambda (fixed schedule)", allow_inf=True),
+                                  "burn_in": Param(59 / 120, "GAIRAT.py: reweights when (epoch + 1) >= begin_epoch "
+                                                             "= 60, i.e. plain AT for 59 of 120 epochs", **_BURN_IN)}),
+    "mail": MethodEntry("MAIL", params={
+        "slope": Param(1.0, "MAIL train.py --slope"),
+        "bias": Param(-1.5, "MAIL train.py --bias"),
+        "burn_in": Param(76 / 120, "MAIL train.py: plain AT while epoch <= 75 (0-based) of 120", **_BURN_IN)}),
+    "lsat": MethodEntry("LSAT", max_attacks=8, params={**_LRAT_PARAMS, "weighting": Param(
+        "none", "LSAT: the LRAT objective with all weights 1", ("lrat", "none"))}),
+    "lrat": MethodEntry("LRAT", max_attacks=8, params=dict(_LRAT_PARAMS)),
 }
 METHOD_ALIASES = {alias: name for name, entry in METHODS.items() for alias in entry.aliases}
 
@@ -144,7 +192,10 @@ DEFAULTS = Defaults()
 # ---- lookups shared by every reader ------------------------------------------------------------------------
 
 def default_eps(dataset: str, threat_model: str = "linf") -> float:
-    """The usual budget of `dataset` under `threat_model` (L-inf: 8/255 CIFAR/SVHN, 0.1 (Fashion-)MNIST)."""
+    """The usual budget of `dataset` under `threat_model`: L-inf 8/255 (CIFAR, SVHN) and 0.1 ((Fashion-)MNIST);
+    L2 0.5 and 1.5."""
+    if threat_model not in THREAT_MODELS:
+        raise UsageError(f"Unknown threat model '{threat_model}' (choices: {', '.join(sorted(THREAT_MODELS))}).")
     entry = DATASETS[dataset]
     return entry.eps_linf if threat_model == "linf" else entry.eps_l2
 
@@ -155,6 +206,11 @@ def default_model(dataset: str) -> str:
 
 def default_lr(model: str) -> float:
     return MODELS[model].lr if model in MODELS else 0.1
+
+
+def method_defaults(name: str) -> dict[str, bool | int | float | str]:
+    """{parameter: default} of a catalogued method (its Params dataclass reads these)."""
+    return {k: p.default for k, p in METHODS[name].params.items()}
 
 
 def method_label(name: str) -> str:

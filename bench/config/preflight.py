@@ -1,0 +1,46 @@
+"""Checks of a planned run that need the outside world (the results folder, the data), made before anything
+is written. Loading data imports torch, so it happens inside the function."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.config.matrix_cells import Cell
+from bench.config.names import UsageError
+
+
+def check_results_dir(path: str | Path) -> None:
+    """Refuse a results directory that cannot be created or written, without leaving anything behind: probe
+    with a temporary file in the deepest existing directory (os.access says yes to root on read-only trees)."""
+    p = Path(path).absolute()
+    probe = next((q for q in (p, *p.parents) if q.exists()), None)
+    if probe is None or not probe.is_dir():
+        raise UsageError(f"Results directory '{path}' cannot be created: '{probe}' is not a directory.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".bench-write-probe.", dir=probe)
+    except OSError as exc:
+        raise UsageError(f"Results directory '{path}' is not writable ({exc.strerror or exc} in {probe}).") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def data_key(cell: Cell) -> tuple:
+    """Cells with equal keys share one loaded DataBundle."""
+    t = cell.train
+    return (t.dataset, t.val_size, t.train_subset, cell.eval.test_subset)
+
+
+def load_matrix_data(cells: list[Cell], data_dir: str | None) -> dict[tuple, Any]:
+    """Load every dataset the matrix needs (DatasetNotFound, a UsageError, says how to get a missing one)."""
+    from bench.data import load_data
+
+    out = {}
+    for cell in cells:
+        key = data_key(cell)
+        if key not in out:
+            name, val_size, train_subset, test_subset = key
+            out[key] = load_data(name, val_size=val_size, train_subset=train_subset, test_subset=test_subset,
+                                 data_dir=data_dir)
+    return out
