@@ -11,7 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.status import ATTEMPTS, cell_status, lock_held, statuses
+from bench.execution.status import ATTEMPTS, cell_status, lock_held, statuses
 from bench.store import Store, write_json
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

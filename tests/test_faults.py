@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.status import ATTEMPTS, statuses
+from bench.execution.status import ATTEMPTS, statuses
 from bench.store import FAILED, Store
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent("""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
     if KILL == "train":  # in the middle of epoch 2 of the lsat cell
-        import bench.progress as P
+        import bench.execution.progress as P
         orig = P.CellProgress._on_batch
         def on_batch(self, epoch, batch, n, loss):
             if self.label.startswith(TARGET) and epoch == 1 and batch == 1:
@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent("""
             orig(self, epoch, batch, n, loss)
         P.CellProgress._on_batch = on_batch
     if KILL == "eval":  # the third eval attack of the cell: two results stored, two missing
-        import bench.evaluate as E
+        import bench.evaluation.evaluate as E
         orig_attack, calls = E.run_eval_attack, []
         def attack(*a, **k):
             calls.append(1)
@@ -112,7 +112,7 @@ RESUME = textwrap.dedent("""
     torch.set_num_threads(1)
     from bench.config import TrainConfig
     from bench.data import load_data
-    from bench.train import Callbacks, train_run
+    from bench.training.loop import Callbacks, train_run
     run_dir, kill_after = Path(sys.argv[1]), int(sys.argv[2])
     cfg = TrainConfig(method="gairat", train_attack="pgd", dataset="synthetic", model="small-cnn", eps=0.1,
                       attack_steps=3, attack_step_size=0.03, train_subset=64, val_size=32, epochs=2,

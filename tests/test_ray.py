@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.status import ATTEMPTS
+from bench.execution.status import ATTEMPTS
 from bench.store import Store
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'lrat-bench[ray]'")

@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 from filelock import FileLock
 
-import bench.runner as runner_mod
+import bench.execution.runner as runner_mod
 from bench.cli import main
 from bench.config import EvalConfig, TrainConfig
-from bench.matrix import Cell
-from bench.progress import MatrixProgress
-from bench.runner import Runner, clean_temp_files
-from bench.status import ATTEMPTS, cell_status
+from bench.execution.progress import MatrixProgress
+from bench.execution.runner import Runner, clean_temp_files
+from bench.execution.status import ATTEMPTS, cell_status
+from bench.config.matrix_cells import Cell
 from bench.store import DONE, FAILED, TRAINED, Store
 
 TINY = ["--dataset", "synthetic", "--methods", "at", "--epochs", "1", "--train-subset", "64", "--val-size", "32",

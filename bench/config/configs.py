@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
+from bench.config.catalog import DEFAULT_DATASET, DEFAULT_EVAL_ATTACKS, DEFAULTS
 from bench.config.names import UsageError
 
 ThreatModel = Literal["linf", "l2"]
@@ -62,11 +63,11 @@ class TrainConfig:
 
     method: str
     train_attack: str  # canonical, attacks joined by '+', e.g. "saa+cw"
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     model: str = "small-cnn"
     eps: float = 0.1
     method_params: dict[str, Any] = field(default_factory=dict)
-    attack_steps: int = 10
+    attack_steps: int = DEFAULTS.attack_steps
     attack_step_size: float = 0.025  # resolved from eps/4 by the CLI when not given
     attack_bn_mode: BNMode = "eval"
     cw_kappa: float = 50.0
@@ -74,12 +75,12 @@ class TrainConfig:
     saa_steps: int = 20
     saa_merge: str = "min_margin"
     train_subset: int | None = None
-    val_size: int = 1000
-    epochs: int = 10
-    batch_size: int = 128
+    val_size: int = DEFAULTS.val_size
+    epochs: int = DEFAULTS.epochs
+    batch_size: int = DEFAULTS.batch_size
     lr: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 2e-4
+    weight_decay: float = DEFAULTS.weight_decay
     lr_milestones: tuple[float, ...] = (0.6, 0.9)  # fractions of the run, as the LRAT paper's 60/100, 90/100
     lr_gamma: float = 0.1
     augment: bool = False
@@ -105,11 +106,11 @@ class TrainConfig:
 class EvalConfig:
     """How a stored checkpoint is attacked. Not part of the run identity."""
 
-    attacks: tuple[str, ...] = ("natural", "pgd20", "cw20", "aa")
+    attacks: tuple[str, ...] = DEFAULT_EVAL_ATTACKS
     eps: float | None = None  # None: the training epsilon
     threat_model: ThreatModel = "linf"
     test_subset: int | None = None
-    batch_size: int = 256
+    batch_size: int = DEFAULTS.eval_batch_size
     seed: int = 0
     precision: EvalPrecision = "fp32"
-    checkpoints: tuple[str, ...] = ("best", "last")
+    checkpoints: tuple[str, ...] = DEFAULTS.checkpoints

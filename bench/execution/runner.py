@@ -26,20 +26,23 @@ import torch
 from filelock import FileLock, Timeout
 
 from bench.config import checkpoint_epoch_number
+from bench.config.catalog import DEFAULTS
 from bench.data import DataBundle, load_data
-from bench.evaluate import evaluate_run
-from bench.matrix import Cell, data_key
-from bench.progress import CellProgress, MatrixProgress
+from bench.evaluation.evaluate import evaluate_run
+from bench.execution.progress import CellProgress, MatrixProgress
+from bench.execution.status import ATTEMPTS, is_complete  # noqa: F401
+from bench.config.matrix_cells import Cell
+from bench.config.preflight import data_key
 from bench.provenance import provenance
-from bench.status import ATTEMPTS, is_complete  # noqa: F401
 from bench.store import DONE, FAILED, TRAINED, Store, read_json, write_json
-from bench.train import RuntimeOptions, train_run
+from bench.training.loop import RuntimeOptions, train_run
 
 log = logging.getLogger(__name__)
 Status = Literal["done", "skipped", "failed", "busy"]
 # How long to wait for a cell's lock before calling it busy: long enough that `bench status` probing the
 # lock never makes a runner skip the cell, short enough that a cell owned by another process costs nothing.
-LOCK_WAIT_S = 2.0
+# A module attribute (the tests shorten it); `bench eval` waits as long, read from the same catalog entry.
+LOCK_WAIT_S = DEFAULTS.lock_wait_s
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import click
 from filelock import FileLock, Timeout
 
 from bench.store import DONE, FAILED, TRAINED, Store, eval_group, read_json
 
 if TYPE_CHECKING:
-    from bench.matrix import Cell
+    from bench.config.matrix_cells import Cell
 
 State = Literal["finished", "running", "failed", "pending"]
 STATES: tuple[State, ...] = ("finished", "running", "failed", "pending")
@@ -126,38 +125,3 @@ def format_table(rows: list[CellStatus], extra: dict[str, list[str]] | None = No
 
 def counts(rows: list[CellStatus]) -> str:
     return ", ".join(f"{sum(r.state == st for r in rows)} {st}" for st in STATES)
-
-
-@click.command()
-@click.option("--results", default="results", show_default=True, help="Results store directory.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A matrix file: also list its cells that have not started (as pending).")
-@click.option("--state", "only", type=click.Choice(STATES), default=None, help="Show only cells in this state.")
-def status(results: str, config: str | None, only: str | None) -> None:
-    """List the cells in a results store as finished / running (lock held) / failed / pending, with reasons.
-
-    \b
-    Example:
-      bench status --results results
-      bench status --results results --config experiments/smoke.toml --state pending
-    """
-    from bench.cli import usage_errors
-
-    usage_errors(_status)(results, config, only)
-
-
-def _status(results: str, config: str | None, only: str | None) -> None:
-    cells = None
-    if config is not None:
-        from bench.cli import run as run_command
-        from bench.matrix import defaults_of, load_matrix_file, merge, resolve
-
-        cells = resolve(merge(defaults_of(run_command), load_matrix_file(config), {}))
-    store = Store(results)
-    rows = statuses(store, cells)
-    if not rows:
-        click.echo(f"No runs in {results}/ yet.")
-        return
-    for line in format_table([r for r in rows if only is None or r.state == only]):
-        click.echo(line)
-    click.echo(f"{len(rows)} cells: {counts(rows)}")

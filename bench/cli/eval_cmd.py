@@ -1,5 +1,5 @@
-"""`bench eval` (evaluate stored runs with more attacks or another eps, no retraining) and `bench export`
-(a run's state dict, RobustBench model_info and README). Thin glue over bench.evaluate and bench.export."""
+"""`bench eval`: evaluate stored runs with more attacks or another eps, no retraining. Thin glue over
+bench.evaluation.evaluate (imported, with torch, only once the runs are checked)."""
 from __future__ import annotations
 
 import re
@@ -8,10 +8,10 @@ from collections import Counter
 
 import click
 
-from bench.cli import DEFAULT_RESULTS, usage_errors
+from bench.cli.common import (data_dir_option, device_option, eval_attacks_option, eval_batch_size_option,
+                              eval_precision_option, results_option, threat_model_option, usage_errors)
+from bench.config.catalog import DEFAULTS
 from bench.config.names import UsageError, split_list
-
-LOCK_WAIT_S = 2.0  # as the runner: a `bench status` probe of the lock must not make us skip a run
 
 
 def _stored_size(store, run_id: str) -> int | None:
@@ -45,22 +45,20 @@ def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
 
 @click.command(name="eval")
 @click.argument("run_ids", nargs=-1)
-@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
-@click.option("--eval-attacks", default="natural,pgd20,cw20,aa", show_default=True,
-              help="Comma-separated eval attacks (see `bench ls`).")
+@results_option
+@eval_attacks_option(help="Comma-separated eval attacks (see `bench ls`).")
 @click.option("--eps", default=None, help="Comma-separated budgets in pixel units (8/255, 0.5). Default: the "
               "training eps for linf, 0.5 (CIFAR/SVHN) or 1.5 ((fashion-)MNIST) for l2.")
-@click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@threat_model_option()
 @click.option("--test-subset", type=int, default=None, help="Test points (first N on CIFAR, class-balanced "
               "otherwise). Default: as in the run's stored evaluations, else the whole test set.")
-@click.option("--checkpoint", default="best,last", show_default=True,
+@click.option("--checkpoint", default=",".join(DEFAULTS.checkpoints), show_default=True,
               help="Comma-separated: best, last, epochN (an epoch checkpoint kept when the run trained).")
-@click.option("--eval-batch-size", type=int, default=256, show_default=True)
-@click.option("--eval-precision", type=click.Choice(["fp32", "tf32"]), default="fp32", show_default=True,
-              help="fp32 with TF32 off (reported numbers), or tf32 (faster on GPUs; its own eval group).")
+@eval_batch_size_option()
+@eval_precision_option(help="fp32 with TF32 off (reported numbers), or tf32 (faster on GPUs; its own eval group).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
-@click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@data_dir_option
+@device_option
 @usage_errors
 def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size,
                  eval_precision, seed, data_dir, device):
@@ -78,8 +76,8 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
 
     from bench.config import EvalConfig, parse_checkpoint, parse_eps
     from bench.data import DATASETS
-    from bench.eval_attacks import EVAL_ATTACKS
-    from bench.guards import check_eps
+    from bench.evaluation.attacks import EVAL_ATTACKS
+    from bench.evaluation.guards import check_eps
     from bench.config.names import lookup
     from bench.store import Store
 
@@ -114,8 +112,8 @@ def _evaluate(store, jobs, data_dir, device) -> None:
     from filelock import FileLock, Timeout
 
     from bench.data import load_data
-    from bench.evaluate import evaluate_run, resolve_eval_eps
-    from bench.guards import GuardFailure
+    from bench.evaluation.evaluate import evaluate_run, resolve_eval_eps
+    from bench.evaluation.guards import GuardFailure
     from bench.provenance import resolve_device
 
     dev = resolve_device(device)
@@ -140,7 +138,7 @@ def _evaluate(store, jobs, data_dir, device) -> None:
         lock = FileLock(store.lock_path(run_id))  # the runner's per-cell lock: one writer per run
         store.lock_path(run_id).parent.mkdir(parents=True, exist_ok=True)
         try:
-            lock.acquire(timeout=LOCK_WAIT_S)
+            lock.acquire(timeout=DEFAULTS.lock_wait_s)  # as the runner: a `bench status` probe must not skip us
         except Timeout:
             click.echo(f"  BUSY {label}: another process holds its lock; left alone", err=True)
             busy.append(run_id)
@@ -173,36 +171,3 @@ def _print_summary(rows: list[dict]) -> None:
         run_id, ckpt, tm, eps, n = key
         flags = f"  guards flagged: {','.join(sorted(flagged[key]))}" if flagged[key] else ""
         click.echo(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(line)}{flags}")
-
-
-@click.command(name="export")
-@click.argument("run_id")
-@click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")
-@click.option("--out", required=True, help="Directory for model.pt, model_info.json and README.md.")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last or epochN (if kept).")
-@click.option("--threat-model", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--eps", default=None, help="Which stored budget to export. Default: as in `bench eval`.")
-@usage_errors
-def export_command(run_id, results, out, checkpoint, threat_model, eps):
-    """Export a run for RobustBench: its state dict, a model_info JSON (RobustBench's keys, from the stored
-    natural and aa rows) and a README showing how to load and re-check it; the README is also printed.
-
-    \b
-    Example:
-      bench export 3f2a9c1b --results results --out exported/at-pgd
-    """
-    from pathlib import Path
-
-    from bench.config import parse_checkpoint, parse_eps
-    from bench.export import export_run
-    from bench.store import Store, resolve_run_id
-
-    if not Path(results, "runs").is_dir():
-        raise UsageError(f"No results store at {results} (no {results}/runs).")
-    store = Store(results)
-    run = resolve_run_id(store, run_id)
-    written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
-                         parse_eps(eps, threat_model) if eps else None)
-    for kind, path in written.items():
-        click.echo(f"{kind:>10}: {path}", err=True)
-    click.echo(written["readme"].read_text())

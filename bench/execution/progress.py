@@ -3,10 +3,12 @@ log line per epoch, per eval attack and per cell always (so CI logs and nohup fi
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from bench.train import Callbacks
+if TYPE_CHECKING:
+    from bench.training.loop import Callbacks
 
 log = logging.getLogger("bench")
 
@@ -31,6 +33,8 @@ class CellProgress:
         (self.bar.write(msg) if self.bar is not None and not self.bar.disable else log.info(msg))
 
     def callbacks(self) -> Callbacks:
+        from bench.training.loop import Callbacks  # torch: only once a cell trains
+
         return Callbacks(on_batch=self._on_batch, on_epoch=self._on_epoch)
 
     def on_attack(self, checkpoint: str, attack: str, row: dict) -> None:

@@ -17,16 +17,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.matrix import Cell
 from bench.config.names import UsageError
-from bench.progress import MatrixProgress
-from bench.runner import CellOutcome, Runner
-from bench.train import RuntimeOptions
+from bench.execution.progress import MatrixProgress
 from bench.store import FAILED, Store, write_json
 
+if TYPE_CHECKING:
+    from bench.execution.runner import CellOutcome
+    from bench.config.matrix_cells import Cell
+    from bench.training.loop import RuntimeOptions
+
 log = logging.getLogger(__name__)
+
+
+def _runtime(runtime: RuntimeOptions | None) -> RuntimeOptions:
+    """None: the default RuntimeOptions. The runner (torch) is imported only when cells run, so that choosing
+    an executor (`bench run --dry-run --executor ray`) costs no torch import."""
+    from bench.training.loop import RuntimeOptions
+
+    return RuntimeOptions() if runtime is None else runtime
 
 
 @dataclass(frozen=True)
@@ -36,20 +46,24 @@ class LocalExecutor:
     data_dir: str | None = None
     data: dict | None = None  # bundles already loaded by the presence check
     workers: int = 1
-    runtime: RuntimeOptions = RuntimeOptions()
+    runtime: RuntimeOptions | None = None  # None: RuntimeOptions()
 
     def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
-        runner = Runner(self.store, self.device, self.data_dir, self.data, self.runtime)
+        from bench.execution.runner import Runner
+
+        runner = Runner(self.store, self.device, self.data_dir, self.data, _runtime(self.runtime))
         return runner.run(cells, force, MatrixProgress(len(cells), self.workers))
 
 
 def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool,
-                   runtime: RuntimeOptions = RuntimeOptions()) -> CellOutcome:
-    """The body of one Ray task: a fresh Runner in the worker process, on the shared store."""
+                   runtime: RuntimeOptions | None = None) -> CellOutcome:
+    """The body of one Ray task: a fresh Runner in the worker process, on the shared store. Ray finds it by
+    its import path (bench.execution.executors._run_cell_task) in every worker."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from bench.execution.runner import Runner
     from bench.provenance import resolve_device
 
-    return Runner(Store(results), resolve_device(device), data_dir, runtime=runtime).run_cell(cell, force)
+    return Runner(Store(results), resolve_device(device), data_dir, runtime=_runtime(runtime)).run_cell(cell, force)
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class RayExecutor:
     gpus_per_cell: float | None = None  # None: 1 when the cluster has GPUs and device is not cpu, else 0
     max_retries: int = 3
     init_kwargs: dict | None = None  # extra ray.init arguments (tests: num_cpus=2)
-    runtime: RuntimeOptions = RuntimeOptions()
+    runtime: RuntimeOptions | None = None  # None: RuntimeOptions()
 
     def _gpus(self, ray) -> float:
         if self.gpus_per_cell is not None:
@@ -109,6 +123,8 @@ class RayExecutor:
                 ray.shutdown()
 
     def _collect(self, ray, ref, cell: Cell) -> CellOutcome:
+        from bench.execution.runner import CellOutcome
+
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:  # retries exhausted: the worker died every time

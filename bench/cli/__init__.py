@@ -1,0 +1,44 @@
+"""The `bench` command: thin glue that parses names into typed configs (the only place strings are parsed)
+and hands them to the library.
+
+The group lives here and adds the commands, one module each (run, eval_cmd, report, status, ls, export,
+speed); what they share is in `common`. No command module imports this one, so there is no import cycle.
+Heavy imports (torch) happen inside the commands that need them, so `bench --help`, `bench report`,
+`bench status` and `bench run --dry-run` do not pay for torch through the CLI.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from bench.cli.common import DEFAULT_REPORTS, DEFAULT_RESULTS, usage_errors
+from bench.cli.eval_cmd import eval_command
+from bench.cli.export import export_command
+from bench.cli.ls import list_components
+from bench.cli.report import report as report_command
+from bench.cli.run import run as run_command
+from bench.cli.speed import speed as speed_command
+from bench.cli.status import status as status_command
+
+__all__ = ["DEFAULT_REPORTS", "DEFAULT_RESULTS", "main", "usage_errors"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(quiet: bool) -> None:
+    """lrat-bench: train and evaluate adversarial-training methods under a train-attack x eval-attack matrix.
+
+    \b
+    Example:
+      bench run --methods at,irat,lrat --train-attack pgd
+      bench report
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+for _command, _name in ((run_command, "run"), (report_command, "report"), (list_components, "ls"),
+                        (speed_command, "speed"), (status_command, "status"), (eval_command, "eval"),
+                        (export_command, "export")):
+    main.add_command(_command, name=_name)

@@ -1,0 +1,97 @@
+"""What the commands share: the UsageError -> exit 2 decorator, the options several commands take, the
+defaults of `bench run`'s matrix flags (which `bench status --config` fills a matrix file's gaps with), and
+which parameters the user actually typed. Torch-free, and imports no command module: every command imports it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import click
+
+from bench.config.catalog import DEFAULT_DATASET, DEFAULT_EVAL_ATTACKS, DEFAULTS
+from bench.config.names import UsageError
+
+DEFAULT_RESULTS = "results"
+DEFAULT_REPORTS = "reports"
+
+# `bench run`'s matrix flags and their defaults (the keys are matrix.MATRIX_PARAMS less the file-only `rows`).
+# The run command's options take their defaults from here, and `bench status --config` merges a matrix file
+# over the same values, so both see the same cells; tests/test_layout.py checks that the two agree.
+RUN_DEFAULTS: dict[str, Any] = {
+    "methods": "at",
+    "train_attack": "pgd",
+    "method_params": (),
+    "dataset": DEFAULT_DATASET,
+    "model": None,  # the dataset's default model (catalog.default_model)
+    "epochs": DEFAULTS.epochs,
+    "batch_size": DEFAULTS.batch_size,
+    "lr": None,  # the model's default learning rate (catalog.default_lr)
+    "lr_scale": "none",
+    "precision": "fp32",
+    "weight_decay": DEFAULTS.weight_decay,
+    "eps": None,  # the dataset's usual budget (catalog.default_eps)
+    "attack_steps": DEFAULTS.attack_steps,
+    "step_size": None,  # eps / 4
+    "seeds": "0",
+    "eval_attacks": ",".join(DEFAULT_EVAL_ATTACKS),
+    "threat_model": "linf",
+    "eval_eps": None,  # the training eps (linf)
+    "train_subset": None,
+    "val_size": DEFAULTS.val_size,
+    "test_subset": None,
+    "eval_batch_size": DEFAULTS.eval_batch_size,
+    "eval_precision": "fp32",
+    "checkpoints": ",".join(DEFAULTS.checkpoints),
+}
+
+
+def usage_errors(fn):
+    """Turn the library's UsageError into click's (exit code 2, message, nothing run)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from None
+    return wrapper
+
+
+def given_params(ctx: click.Context) -> set[str]:
+    """The parameters the user actually typed (or set through the environment): these override the file."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+# ---- options several commands take -------------------------------------------------------------------------
+
+def results_option(fn):
+    return click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results store directory.")(fn)
+
+
+def data_dir_option(fn):
+    return click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")(fn)
+
+
+def device_option(fn):
+    return click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(fn)
+
+
+def threat_model_option(help: str | None = None):
+    return click.option("--threat-model", type=click.Choice(["linf", "l2"]), default=RUN_DEFAULTS["threat_model"],
+                        show_default=True, help=help)
+
+
+def eval_batch_size_option(help: str | None = None):
+    return click.option("--eval-batch-size", type=int, default=DEFAULTS.eval_batch_size, show_default=True, help=help)
+
+
+def eval_precision_option(help: str):
+    return click.option("--eval-precision", type=click.Choice(["fp32", "tf32"]), default=RUN_DEFAULTS["eval_precision"],
+                        show_default=True, help=help)
+
+
+def eval_attacks_option(help: str | None = None):
+    return click.option("--eval-attacks", default=RUN_DEFAULTS["eval_attacks"], show_default=True, help=help)

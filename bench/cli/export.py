@@ -1,0 +1,41 @@
+"""`bench export`: a run's state dict, RobustBench model_info and README (library: bench.export, imported
+with torch only when the command runs)."""
+from __future__ import annotations
+
+import click
+
+from bench.cli.common import results_option, threat_model_option, usage_errors
+from bench.config.names import UsageError
+
+
+@click.command(name="export")
+@click.argument("run_id")
+@results_option
+@click.option("--out", required=True, help="Directory for model.pt, model_info.json and README.md.")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or epochN (if kept).")
+@threat_model_option()
+@click.option("--eps", default=None, help="Which stored budget to export. Default: as in `bench eval`.")
+@usage_errors
+def export_command(run_id, results, out, checkpoint, threat_model, eps):
+    """Export a run for RobustBench: its state dict, a model_info JSON (RobustBench's keys, from the stored
+    natural and aa rows) and a README showing how to load and re-check it; the README is also printed.
+
+    \b
+    Example:
+      bench export 3f2a9c1b --results results --out exported/at-pgd
+    """
+    from pathlib import Path
+
+    from bench.config import parse_checkpoint, parse_eps
+    from bench.export import export_run
+    from bench.store import Store, resolve_run_id
+
+    if not Path(results, "runs").is_dir():
+        raise UsageError(f"No results store at {results} (no {results}/runs).")
+    store = Store(results)
+    run = resolve_run_id(store, run_id)
+    written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
+                         parse_eps(eps, threat_model) if eps else None)
+    for kind, path in written.items():
+        click.echo(f"{kind:>10}: {path}", err=True)
+    click.echo(written["readme"].read_text())

@@ -1,0 +1,40 @@
+"""`bench status`: where every cell stands (library: bench.execution.status). Reads the store and the lock
+files only; with --config, the matrix file's cells are resolved over `bench run`'s defaults (RUN_DEFAULTS)."""
+from __future__ import annotations
+
+import click
+
+from bench.cli.common import RUN_DEFAULTS, results_option, usage_errors
+from bench.execution.status import STATES, counts, format_table, statuses
+
+
+@click.command(name="status")
+@results_option
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A matrix file: also list its cells that have not started (as pending).")
+@click.option("--state", "only", type=click.Choice(STATES), default=None, help="Show only cells in this state.")
+@usage_errors
+def status(results: str, config: str | None, only: str | None) -> None:
+    """List the cells in a results store as finished / running (lock held) / failed / pending, with reasons.
+
+    \b
+    Example:
+      bench status --results results
+      bench status --results results --config experiments/smoke.toml --state pending
+    """
+    from bench.store import Store
+
+    cells = None
+    if config is not None:
+        from bench.config.matrix_file import load_matrix_file
+        from bench.config.matrix_merge import merge
+        from bench.config.matrix_cells import resolve
+
+        cells = resolve(merge(RUN_DEFAULTS, load_matrix_file(config), {}))
+    rows = statuses(Store(results), cells)
+    if not rows:
+        click.echo(f"No runs in {results}/ yet.")
+        return
+    for line in format_table([r for r in rows if only is None or r.state == only]):
+        click.echo(line)
+    click.echo(f"{len(rows)} cells: {counts(rows)}")
