@@ -15,7 +15,7 @@ from bench.config.names import UsageError
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
 
-# `bench run`'s matrix flags and their defaults (the keys are matrix.MATRIX_PARAMS less the file-only `rows`).
+# `bench run`'s matrix flags and their defaults (the keys are matrix_file.MATRIX_PARAMS less the file-only `rows`).
 # The run command's options take their defaults from here, and `bench status --config` merges a matrix file
 # over the same values, so both see the same cells; tests/test_layout.py checks that the two agree.
 RUN_DEFAULTS: dict[str, Any] = {
