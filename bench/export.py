@@ -31,7 +31,7 @@ def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, ep
     """Rows (by attack) of the stored group with natural and aa for this checkpoint, threat model and eps;
     the one with the most points when several sizes are stored."""
     train = store.config(run_id)["train"]
-    if eps is None:  # as bench.evaluate.resolve_eval_eps: training is L-inf
+    if eps is None:  # as bench.evaluation.evaluate.resolve_eval_eps: training is L-inf
         eps = train["eps"] if threat_model == "linf" else default_eps(train["dataset"], threat_model)
     want = eps
     groups: dict[str, dict[str, dict]] = {}
@@ -51,7 +51,7 @@ def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, ep
 
 def model_info(config: dict[str, Any], rows: dict[str, dict], model_sha256: str) -> dict[str, Any]:
     """RobustBench's ModelInfo fields, plus threat_model, n_examples and the lrat_bench block."""
-    from bench.autoattack_compat import install
+    from bench.evaluation.autoattack_compat import install
 
     install()  # robustbench's package __init__ imports `autoattack`
     from robustbench.utils import ModelInfo
@@ -97,7 +97,7 @@ def readme(info: dict[str, Any], config: dict[str, Any]) -> str:
     if train["dataset"] in BENCHMARK_DATASETS:
         check = ("RobustBench re-check (the first `n_examples` test points, as stored here). robustbench 1.1.1 "
                  "imports `autoattack`, which PyPI ships only as `pyautoattack`: install the shim first.\n\n"
-                 "```python\nfrom bench.autoattack_compat import install\ninstall()\n"
+                 "```python\nfrom bench.evaluation.autoattack_compat import install\ninstall()\n"
                  "from robustbench.eval import benchmark\n\n"
                  f"clean, robust = benchmark(model, dataset={train['dataset']!r}, "
                  f"threat_model={info['threat_model']!r}, eps={info['eps']!r}, n_examples={info['n_examples']}, "

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.attacks import AttackResult
-from bench.losses import ce_loss
+from bench.attacks.pgd import AttackResult
+from bench.attacks.losses import ce_loss
 from bench.config.catalog import METHODS as CATALOG_METHODS, MethodEntry, Param
 from bench.config.method_params import check_method_attacks, resolve_method_params
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.losses import ce_loss, prob_margin
+from bench.attacks.losses import ce_loss, prob_margin
 from bench.config.catalog import method_defaults
 from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.losses import prob_margin
+from bench.attacks.losses import prob_margin
 from bench.config.catalog import method_defaults
 from methods.base import StepContext, WeightedCE, reweighting_started
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.attacks import PGD, FGSMRandomStart
+from bench.attacks.pgd import PGD, FGSMRandomStart
 from bench.config import TrainConfig
-from bench.losses import cw_loss, prob_margin
-from bench.saa import SAA, top_wrong_classes
+from bench.attacks.losses import cw_loss, prob_margin
+from bench.attacks.saa import SAA, top_wrong_classes
 from bench.config.method_params import parse_train_attack
-from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
 from bench.config.names import UsageError
 
 EPS = 0.1

@@ -11,9 +11,9 @@ from bench.config import catalog
 from bench.config.method_params import coerce_param, resolve_method_params
 from bench.config.names import UsageError
 from bench.data import DATASETS
-from bench.eval_attacks import EVAL_ATTACKS
+from bench.evaluation.attacks import EVAL_ATTACKS
 from bench.models import MODELS
-from bench.train_attacks import TRAIN_ATTACKS
+from bench.attacks.training import TRAIN_ATTACKS
 from methods import METHODS
 
 

@@ -12,10 +12,10 @@ import torch.nn as nn
 from conftest import TinyNet
 from pyautoattack import AutoAttack
 
-from bench.attacks import AttackResult
-from bench.eval_attacks import (AA_COMPONENTS, EVAL_ATTACKS, PGD_NAMES, _natural, _run_autoattack, build_pgd,
+from bench.attacks.pgd import AttackResult
+from bench.evaluation.attacks import (AA_COMPONENTS, EVAL_ATTACKS, PGD_NAMES, _natural, _run_autoattack, build_pgd,
                                 run_attack_flags, run_eval_attack)
-from bench.guards import GuardFailure
+from bench.evaluation.guards import GuardFailure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,12 +12,12 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-import bench.evaluate
+import bench.evaluation.evaluate
 from bench.cli import main
 from bench.config import EvalConfig, TrainConfig
 from bench.data import load_data, to_float
-from bench.evaluate import evaluate_run, make_row, points_columns, write_worst
-from bench.guards import ALL_GUARDS, GuardFailure
+from bench.evaluation.evaluate import evaluate_run, make_row, points_columns, write_worst
+from bench.evaluation.guards import ALL_GUARDS, GuardFailure
 from bench.models import build_model
 from bench.store import DONE, TRAINED, Store, decode_flags, eval_group, load_run, write_json
 
@@ -104,8 +104,8 @@ def test_stored_rows_are_reused_and_worst_recomputed(stored, test_split, monkeyp
     store, run_id = stored
     evaluate_run(store, run_id, suite("natural", "fgsm", "pgd20"), test_split, torch.device("cpu"))
     calls = []
-    real = bench.evaluate.run_eval_attack
-    monkeypatch.setattr(bench.evaluate, "run_eval_attack", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = bench.evaluation.evaluate.run_eval_attack
+    monkeypatch.setattr(bench.evaluation.evaluate, "run_eval_attack", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     rows = evaluate_run(store, run_id, suite("natural", "pgd20", "cw20"), test_split, torch.device("cpu"))
     assert calls == ["cw20"]
     worst = rows[-1]
@@ -138,7 +138,7 @@ def test_load_run_gives_an_eval_model_matching_the_stored_accuracy(stored, test_
 def test_train_mode_model_is_refused_and_nothing_is_written(stored, test_split, monkeypatch):
     store, run_id = stored
     model, config = load_run(store.run_dir(run_id))
-    monkeypatch.setattr(bench.evaluate, "load_run", lambda *a, **k: (model.train(), config))
+    monkeypatch.setattr(bench.evaluation.evaluate, "load_run", lambda *a, **k: (model.train(), config))
     with pytest.raises(GuardFailure, match="train mode"):
         evaluate_run(store, run_id, suite("natural", "pgd20"), test_split, torch.device("cpu"))
     assert not store.eval_path(run_id, eval_group("best", "linf", 0.02, N), "natural").parent.exists()
@@ -156,7 +156,7 @@ class Softmaxed(torch.nn.Module):
 def test_a_broken_model_is_flagged_in_its_rows(stored, test_split, monkeypatch):
     store, run_id = stored
     model, config = load_run(store.run_dir(run_id))
-    monkeypatch.setattr(bench.evaluate, "load_run", lambda *a, **k: (Softmaxed(model).eval(), config))
+    monkeypatch.setattr(bench.evaluation.evaluate, "load_run", lambda *a, **k: (Softmaxed(model).eval(), config))
     rows = evaluate_run(store, run_id, suite("natural", "pgd20"), test_split, torch.device("cpu"))
     for r in rows:
         assert r["guard_logits"].startswith("flag: outputs are probability rows"), r["eval_attack"]
@@ -219,7 +219,7 @@ def write_cifar(root, name: str, n_test: int = 150):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_test_points_are_robustbenchs_first_n(tmp_path, monkeypatch, name):
-    from bench.autoattack_compat import install
+    from bench.evaluation.autoattack_compat import install
 
     install()
     import robustbench.data
@@ -282,7 +282,7 @@ def test_eval_command_suggests_a_close_run_id(stored):
 def test_eval_command_exit_code_one_when_a_guard_refuses(stored, monkeypatch):
     store, run_id = stored
     model, config = load_run(store.run_dir(run_id))
-    monkeypatch.setattr(bench.evaluate, "load_run", lambda *a, **k: (model.train(), config))
+    monkeypatch.setattr(bench.evaluation.evaluate, "load_run", lambda *a, **k: (model.train(), config))
     result = invoke("--results", str(store.root), "--eval-attacks", "natural", "--test-subset", "8")
     assert result.exit_code == 1 and "REFUSED" in result.output and "train mode" in result.output
 
@@ -305,7 +305,7 @@ def test_eval_command_leaves_a_run_locked_by_another_process_alone(stored):
 
 
 def test_seen_means_the_training_attack_itself_under_its_threat_model_and_budget():
-    from bench.evaluate import is_seen
+    from bench.evaluation.evaluate import is_seen
 
     assert is_seen("pgd20", "pgd") and is_seen("cw20", "saa+cw")
     assert not is_seen("aa", "saa+cw")  # related (APGD-T is part of AA), not seen: bench/config/relations.py

@@ -14,10 +14,10 @@ from pyautoattack import AutoAttack as PyAutoAttack
 from test_eval_attacks import Fragile
 from test_evaluate import CFG, N, suite, trained_state, write_run  # noqa: F401  (fixtures)
 
-from bench.autoattack_compat import install
+from bench.evaluation.autoattack_compat import install
 from bench.cli import main
 from bench.data import load_data, to_float
-from bench.evaluate import evaluate_run
+from bench.evaluation.evaluate import evaluate_run
 from bench.store import decode_flags, eval_group
 
 assert install()  # before robustbench is first imported

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from conftest import TinyNet
 
-from bench.eval_attacks import EVAL_ATTACKS, WHITE_BOX, run_eval_attack
+from bench.evaluation.attacks import EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.config.catalog import default_eps
-from bench.guards import (ALL_GUARDS, GuardFailure, GuardResult, check_autoattack, check_deterministic, check_eps,
+from bench.evaluation.guards import (ALL_GUARDS, GuardFailure, GuardResult, check_autoattack, check_deterministic, check_eps,
                           check_eval_mode, check_input_range, check_logits, check_model, check_monotone,
                           check_square, check_zero_grad, columns, merge_columns, monotone_tolerance)
 from bench.config.names import UsageError

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bench.config import TrainConfig
-from bench.losses import ce_loss
+from bench.attacks.losses import ce_loss
 from bench.config.names import UsageError
-from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
 from methods import METHODS, StepContext, build_method, build_method_reweighting_now
 from methods.base import first_reweighted_epoch, in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights

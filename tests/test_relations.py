@@ -51,5 +51,5 @@ def test_row_relation_reads_a_stored_row():
 
 
 def test_every_training_attack_has_a_row():
-    from bench.train_attacks import TRAIN_ATTACKS
+    from bench.attacks.training import TRAIN_ATTACKS
     assert set(TRAIN_ATTACKS) <= set(ATTACK_RELATIONS)

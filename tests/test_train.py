@@ -7,7 +7,7 @@ import torch
 
 from bench.config import TrainConfig
 from bench.data import load_data
-from bench.train import REL_HIST_EDGES, NonFiniteLoss, RuntimeOptions, milestones, train_run, weight_stats
+from bench.training.loop import REL_HIST_EDGES, NonFiniteLoss, RuntimeOptions, milestones, train_run, weight_stats
 
 DATA = None
 
@@ -105,7 +105,7 @@ def test_compiled_training_step_matches_eager():
     dropout draws other random numbers than eager."""
     import copy
 
-    from bench.attacks import PGD
+    from bench.attacks.pgd import PGD
     from bench.models import build_model
     from methods import StepContext, build_method
     from methods.base import run_attack

@@ -25,12 +25,12 @@ import torch
 
 from bench.config import TrainConfig
 from bench.data import DATASETS, DataBundle, Split
-from bench.eval_attacks import run_eval_attack
+from bench.evaluation.attacks import run_eval_attack
 from bench.models import build_model
 from bench.config.names import UsageError
 from bench.provenance import provenance
-from bench.train import RuntimeOptions, autocast, train_run, tune_for
-from bench.train_attacks import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
+from bench.training.loop import RuntimeOptions, autocast, train_run, tune_for
+from bench.attacks.training import TRAIN_ATTACKS, attack_steps_per_example, build_train_attacks
 from methods import StepContext, StepOutput, build_method_reweighting_now
 
 
@@ -77,7 +77,7 @@ def _synthetic_batch(s: SpeedSettings, device: torch.device, n: int):
 
 
 def _train_step(optimizer, loss_fn):
-    """The training loop's step (bench/train.py): loss_fn returns a StepOutput."""
+    """The training loop's step (bench/training/loop.py): loss_fn returns a StepOutput."""
     def step():
         out = loss_fn()
         optimizer.zero_grad(set_to_none=True)

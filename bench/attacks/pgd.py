@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from bench.losses import ce_loss, cw_loss
+from bench.attacks.losses import ce_loss, cw_loss
 
 Norm = Literal["linf", "l2"]
 

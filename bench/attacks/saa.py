@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.attacks import AttackResult
-from bench.losses import prob_margin
+from bench.attacks.pgd import AttackResult
+from bench.attacks.losses import prob_margin
 
 log = logging.getLogger(__name__)
 # APGD's per-batch "points with zero gradient" warning fires on every batch of a freshly initialised model (the

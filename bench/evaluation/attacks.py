@@ -1,6 +1,6 @@
 """Evaluation attacks (methods.md sec. 3), each giving per-example robust flags on a test split.
 
-Model in eval mode (refused otherwise, bench/guards.py), fp32 with TF32 off (the RobustBench protocol), inputs in
+Model in eval mode (refused otherwise, bench/evaluation/guards.py), fp32 with TF32 off (the RobustBench protocol), inputs in
 [0, 1], L-inf or L2. The PGD family runs only on the points the model classifies correctly (the others are not
 robust anyway). `aa` is AutoAttack `standard` from `pyautoattack` (the official code); `apgd-ce`, `apgd-t`,
 `fab-t`, `square` are its components alone, with the standard version's settings. Every call is seeded and
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from bench.attacks import PGD, AttackResult
+from bench.attacks.pgd import PGD, AttackResult
 from bench.config.catalog import EVAL_ATTACKS as CATALOG, EvalAttackEntry
-from bench.guards import refuse_unsafe
+from bench.evaluation.guards import refuse_unsafe
 from bench.store import decode_flags, encode_flags, read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.attacks import PGD
+from bench.attacks.pgd import PGD
 from bench.config import TrainConfig
 from bench.data import DataBundle, Split, augment_batch, to_float
 from bench.models import build_model
 from bench.store import atomic_path, write_json
-from bench.train_attacks import TRAIN_ATTACKS, build_train_attacks
+from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
 from methods import StepContext, build_method
 
 SYNC_EVERY = 25  # GPU: batches between reads of the loss (NaN check, progress)

@@ -4,7 +4,7 @@ another eps without retraining. The `worst` row is the per-example AND of every 
 checkpoint (AutoAttack's rule: a point is robust only if every attack fails on it), recomputed whenever the
 suite runs.
 
-Every row carries the guards (bench/guards.py) as `guard_<name>` columns ("ok" / "flag: why" / "skip: why")
+Every row carries the guards (bench/evaluation/guards.py) as `guard_<name>` columns ("ok" / "flag: why" / "skip: why")
 plus `guards_flagged`; the suite guards (monotone, square) are rewritten into every row of the group when the
 worst row is recomputed. RobustBench protocol columns: `n_examples`, `test_points` ("first-n": the first N
 test points in the loader's order, RobustBench's protocol on CIFAR; "balanced-subset" otherwise),
@@ -24,8 +24,8 @@ import torch
 from bench.config import EvalConfig, checkpoint_epoch_number
 from bench.config.catalog import default_eps
 from bench.data import Split, to_float
-from bench.eval_attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
-from bench.guards import (check_autoattack, check_model, check_monotone, check_square, columns,
+from bench.evaluation.attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
+from bench.evaluation.guards import (check_autoattack, check_model, check_monotone, check_square, columns,
                           merge_columns)
 from bench.config.names import UsageError
 from bench.provenance import provenance

@@ -4,11 +4,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.attacks import PGD, FGSMRandomStart
+from bench.attacks.pgd import PGD, FGSMRandomStart
 from bench.config import TrainConfig
 from bench.config.catalog import TRAIN_ATTACKS as CATALOG, TrainAttackEntry
 from bench.config.method_params import attack_steps_per_example as steps_per_example
-from bench.saa import SAA
+from bench.attacks.saa import SAA
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Training: the one training loop (`loop`) and the throughput benchmark behind `bench speed` (`speed`)."""
