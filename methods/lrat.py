@@ -27,6 +27,7 @@ import torch
 from bench.attacks.losses import ce_loss, prob_margin
 from bench.config.catalog import method_defaults
 from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
+from methods.deferred import deferred_masked_term
 
 
 def lrat_unnormalised(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = 2.0,
@@ -97,43 +98,17 @@ class LRAT(Method):
           running statistics move as in any train-mode forward), instances that do not need it with
           coefficient 0; the anchor attack runs in `attack_bn_mode`. Costs a whole extra forward/backward.
         Skipped when no instance needs it; never needed for LSAT, so LSAT-pgd == AT."""
-        p, n = self.params, len(y)
-        # The mask goes to the host asynchronously; an event marks its arrival. Waiting for it later waits for
-        # this batch's forward only, not for the backward queued in between: the GPU's queue never drains.
-        ready = None
-        if needs_anchor.is_cuda:
-            mask = torch.empty(n, dtype=torch.bool, pin_memory=True).copy_(needs_anchor, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
-        else:
-            mask = needs_anchor
-        amp = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        p = self.params
+        whole_batch = p.anchor_bn == "batch"
+        attack_mode, pass_mode = (ctx.bn_mode, "train") if whole_batch else ("eval", "eval")
 
-        def anchor_term():
-            if ready is not None:
-                ready.synchronize()
-            need = mask.nonzero().squeeze(1)
-            k = len(need)
-            if not k:
-                return None
-            if p.anchor_bn == "batch":
-                xs, ys, coef, attack_mode, pass_mode = x, y, anchor_coef, ctx.bn_mode, "train"
-            else:
-                # Padded to a power of two by repeating an index (coefficient 0): each new input shape would make
-                # cuDNN autotune and torch.compile recompile; eval-mode BN keeps the copies from touching the rest.
-                pad = (1 << (k - 1).bit_length()) - k
-                need = torch.cat([need, need[:1].expand(pad)])
-                # From pinned memory, non-blocking: a pageable copy would wait for the queued backward to finish.
-                need = (need.pin_memory() if x.is_cuda else need).to(x.device, non_blocking=True)
-                coef = torch.cat([anchor_coef[need[:k]], anchor_coef.new_zeros(pad)])
-                xs, ys, attack_mode, pass_mode = x[need], y[need], "eval", "eval"
-            with torch.autocast(x.device.type, dtype=amp[1], enabled=amp[0]):
-                x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, attack_mode).x_adv
-                with in_bn_mode(model, pass_mode):
-                    anchor_loss = ce_loss(model(x_star), ys)
-            return (coef * anchor_loss).sum() / n
+        def anchor_ce(index: torch.Tensor) -> torch.Tensor:
+            xs, ys = x[index], y[index]
+            x_star = xs if p.anchor == "natural" else run_attack(model, ctx.make_attack(p.anchor), xs, ys, attack_mode).x_adv
+            with in_bn_mode(model, pass_mode):
+                return ce_loss(model(x_star), ys)
 
-        return anchor_term
+        return deferred_masked_term(needs_anchor, anchor_coef, anchor_ce, whole_batch=whole_batch)
 
 
 class LSAT(LRAT):
