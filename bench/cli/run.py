@@ -18,15 +18,16 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A matrix file (TOML, see experiments/smoke.toml); flags you give override it.")
-@click.option("--methods", default=RUN_DEFAULTS["methods"], show_default=True, help="Comma-separated methods (see `bench ls`).")
+@click.option("--methods", default=RUN_DEFAULTS["methods"], show_default=True,
+              help="Comma-separated methods (see `bench ls`).")
 @click.option("--train-attack", "train_attack", default=RUN_DEFAULTS["train_attack"], show_default=True,
               help="Comma-separated training attacks, one cell each; '+' combines attacks in one LRAT run (saa+cw).")
 @click.option("--method-param", "method_params", multiple=True, metavar="METHOD.NAME=VALUE",
               help="Override a method parameter, e.g. gairat.lam=0 (repeatable).")
 @click.option("--dataset", default=RUN_DEFAULTS["dataset"], show_default=True,
               help="Comma-separated datasets, one cell each.")
-@click.option("--model", default=RUN_DEFAULTS["model"], help="Comma-separated models, one cell each. Default: small-cnn for 28x28 "
-              "data, resnet18 for 32x32.")
+@click.option("--model", default=RUN_DEFAULTS["model"],
+              help="Comma-separated models, one cell each. Default: small-cnn for 28x28 data, resnet18 for 32x32.")
 @click.option("--epochs", type=int, default=RUN_DEFAULTS["epochs"], show_default=True)
 @click.option("--batch-size", type=int, default=RUN_DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", type=float, default=RUN_DEFAULTS["lr"],
@@ -36,18 +37,22 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=RUN_DEFAULTS["precision"], show_default=True,
               help="Training (and training-attack) precision; bf16 autocast, never fp16. Part of the run id.")
 @click.option("--weight-decay", type=float, default=RUN_DEFAULTS["weight_decay"], show_default=True)
-@click.option("--eps", default=RUN_DEFAULTS["eps"], help="L-inf training budget in pixel units: 8/255 or 0.0314. Default: 0.1 for "
-              "(fashion-)mnist, 8/255 otherwise.")
-@click.option("--attack-steps", type=int, default=RUN_DEFAULTS["attack_steps"], show_default=True, help="K of the pgd/cw training attacks.")
+@click.option("--eps", default=RUN_DEFAULTS["eps"], help="L-inf training budget in pixel units: 8/255 or 0.0314. "
+              "Default: 0.1 for (fashion-)mnist, 8/255 otherwise.")
+@click.option("--attack-steps", type=int, default=RUN_DEFAULTS["attack_steps"], show_default=True,
+              help="K of the pgd/cw training attacks.")
 @click.option("--step-size", default=RUN_DEFAULTS["step_size"], help="Training attack step; default eps/4.")
 @click.option("--seeds", default=RUN_DEFAULTS["seeds"], show_default=True, help="Comma-separated seeds, one cell each.")
 @eval_attacks_option()
 @threat_model_option(help="Threat model of the evaluation attacks.")
-@click.option("--eval-eps", default=RUN_DEFAULTS["eval_eps"], help="Evaluation budget. Default: the training eps (linf).")
-@click.option("--train-subset", type=int, default=RUN_DEFAULTS["train_subset"], help="Class-balanced training subset size.")
+@click.option("--eval-eps", default=RUN_DEFAULTS["eval_eps"],
+              help="Evaluation budget. Default: the training eps (linf).")
+@click.option("--train-subset", type=int, default=RUN_DEFAULTS["train_subset"],
+              help="Class-balanced training subset size.")
 @click.option("--val-size", type=int, default=RUN_DEFAULTS["val_size"], show_default=True,
               help="Validation split carved from training.")
-@click.option("--test-subset", type=int, default=RUN_DEFAULTS["test_subset"], help="Test points to evaluate (class-balanced; first N on CIFAR).")
+@click.option("--test-subset", type=int, default=RUN_DEFAULTS["test_subset"],
+              help="Test points to evaluate (class-balanced; first N on CIFAR).")
 @eval_batch_size_option(
     help="Evaluation batch (AutoAttack's too): as large as fits; recorded, its random starts depend on it.")
 @eval_precision_option(
