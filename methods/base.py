@@ -26,7 +26,7 @@ class StepContext:
     attack_names: tuple[str, ...]
     epoch: int  # 0-based
     epochs: int
-    bn_mode: str = "eval"  # model mode while the attack runs (methods.md: `attack_bn_mode`)
+    bn_mode: str = "eval"  # model mode while the attack runs (docs/methods.md: `attack_bn_mode`)
     make_attack: Callable[[str], Any] | None = None  # name -> attack with the run's settings (LRAT's anchor)
 
 

@@ -1,4 +1,4 @@
-"""The training-attack registry: names -> factories taking the run's TrainConfig (methods.md sec. 1)."""
+"""The training-attack registry: names -> factories taking the run's TrainConfig (docs/methods.md sec. 1)."""
 from __future__ import annotations
 
 from collections.abc import Callable

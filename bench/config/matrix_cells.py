@@ -118,7 +118,7 @@ def _method_params(values: dict[str, Any], pairs: list[tuple[str, str]]) -> dict
 
 
 def _default_eval_eps(dataset: str, threat_model: str) -> float | None:
-    """L-inf: None (the training epsilon, methods.md sec. 3). L2: the dataset's usual L2 budget."""
+    """L-inf: None (the training epsilon, docs/methods.md sec. 4). L2: the dataset's usual L2 budget."""
     return None if threat_model == "linf" else catalog.default_eps(dataset, threat_model)
 
 

@@ -1,4 +1,4 @@
-"""Evaluation attacks (methods.md sec. 3), each giving per-example robust flags on a test split.
+"""Evaluation attacks (docs/methods.md sec. 4), each giving per-example robust flags on a test split.
 
 Model in eval mode (refused otherwise, bench/evaluation/guards.py), fp32 with TF32 off (the RobustBench protocol), inputs in
 [0, 1], L-inf or L2. The PGD family runs only on the points the model classifies correctly (the others are not

@@ -1,4 +1,4 @@
-"""Guards against the classic evaluation mistakes (methods.md sec. 3; the RobustBench and AutoAttack trackers).
+"""Guards against the classic evaluation mistakes (docs/methods.md sec. 4; the RobustBench and AutoAttack trackers).
 
 Each guard gives a `GuardResult` that lands in every result row as a column `guard_<name>`, whose value is
 "ok", "flag: <why>" or "skip: <why>"; `guards_flagged` lists the flagged names. A guard either *refuses*
