@@ -177,3 +177,21 @@ def test_every_eval_attack_has_a_strength_and_summary():
     assert set(EVAL_ATTACKS) == {"natural", "aa", *PGD_NAMES, *AA_COMPONENTS}
     assert EVAL_ATTACKS["natural"].strength < EVAL_ATTACKS["fgsm"].strength < EVAL_ATTACKS["pgd20"].strength \
         < EVAL_ATTACKS["aa"].strength
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_ATTACKS))
+def test_every_eval_attack_keeps_the_evaluation_contract(points, name):
+    """Registry-wide (a new eval attack is checked the moment it is registered): one flag per point, never
+    robust where the clean prediction is wrong, the same flags on a second call with the same seed, and the
+    model left as it was given (eval mode, weights untouched)."""
+    model, x, y = points
+    x, y = x[:8], y[:8]  # 4 points the model gets wrong (flipped labels), 4 it gets right
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = run_eval_attack(model, x, y, name, eps=0.01, seed=3)
+    again = run_eval_attack(model, x, y, name, eps=0.01, seed=3)
+    natural = run_eval_attack(model, x, y, "natural", eps=0.01)
+    flags, repeat, clean = (torch.as_tensor(o.flags, dtype=torch.bool) for o in (first, again, natural))
+    assert flags.shape == (8,) and torch.equal(flags, repeat)
+    assert not (flags & ~clean).any()
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
