@@ -15,13 +15,13 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.report import Selection, parse_selection, write_report
-from test_report_store import paper_store
+from bench.store import Store
 
 HAS_PDFLATEX = shutil.which("pdflatex") is not None
 
 
 @pytest.fixture(scope="module")
-def store_root(tmp_path_factory):
+def store_root(tmp_path_factory, paper_store):
     root = tmp_path_factory.mktemp("results")
     paper_store(root, seeds=(0, 1), n=80, extra=True)
     return root
@@ -84,24 +84,46 @@ def test_report_path_never_imports_torch(store_root, tmp_path):
     assert (tmp_path / "table.tex").exists()
 
 
-def test_two_settings_get_separate_files(tmp_path):
-    from bench.store import Store
-    from test_report_store import add_run
-
+def test_two_settings_get_separate_files(tmp_path, add_run):
     store = Store(tmp_path / "r")
     for model in ("small-cnn", "resnet18"):
         add_run(store, "at", "pgd", 0, {"natural": [True, True], "pgd20": [True, False]}, model=model)
     written = write_report(tmp_path / "r", tmp_path / "o", Selection(compile_pdf=False))
     tables = sorted(n for n in written if n.startswith("table") and n.endswith(".tex"))
-    assert tables == ["table-synthetic-resnet18-linf-eps0.03137-n2.tex", "table-synthetic-small-cnn-linf-eps0.03137-n2.tex"]
+    assert tables == ["table-synthetic-resnet18-linf-eps0p03137-n2.tex", "table-synthetic-small-cnn-linf-eps0p03137-n2.tex"]
     assert json.dumps(sorted(written)).count("fig_heatmap") == 4  # pdf + png per setting
 
 
 @pytest.mark.skipif(not HAS_PDFLATEX, reason="pdflatex is not installed (CI installs it)")
 def test_a_document_that_does_not_compile_is_an_error_with_the_log(tmp_path):
-    from bench.report_document import ReportError, compile_pdf
+    from bench.report.document import ReportError, compile_pdf
 
     tex = tmp_path / "broken.tex"
     tex.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
     with pytest.raises(ReportError, match="Undefined control sequence"):
         compile_pdf(tex)
+
+
+@pytest.mark.parametrize("differ", ["eval eps", "test points"])
+def test_settings_that_differ_in_one_number_keep_their_own_files(tmp_path, add_run, differ):
+    """Two settings alike but for the eval budget (0.1 vs 0.2) or the test-subset size (2 vs 4 points): every
+    table and figure keeps the whole setting in its name (no dot cut off as an extension), so neither
+    overwrites the other, and report.tex includes each file once, every one of them written."""
+    store = Store(tmp_path / "r")
+    for k, (eps, n) in enumerate([(0.1, 2), (0.2, 2)] if differ == "eval eps" else [(0.1, 2), (0.1, 4)]):
+        flags = {"natural": [True] * n, "pgd20": [j % 2 == k for j in range(n)]}
+        for method in ("at", "gairat"):
+            add_run(store, method, "pgd", 0, flags, eps=eps)
+    out = tmp_path / "o"
+    written = write_report(tmp_path / "r", out, Selection(compile_pdf=False))
+    for fig in ("fig_heatmap", "fig_gap", "fig_curves", "fig_weights"):
+        names = [n for n in written if n.startswith(fig + "-")]
+        assert len(names) == 4 and all("." not in n.removesuffix(".pdf").removesuffix(".png") for n in names), names
+    assert len({p.resolve() for p in written.values()}) == len(written)  # no two outputs share a file
+    tex = written["report.tex"].read_text()
+    included = re.findall(r"\\input\{([^}]+)\}", tex) + re.findall(r"\\includegraphics(?:\[[^]]*\])?\{([^}]+)\}", tex)
+    assert len(included) == 2 * (4 + 4)  # per setting: 4 tables and 4 figures
+    assert len(set(included)) == len(included), sorted(included)
+    assert all((out / name).exists() for name in included), [n for n in included if not (out / n).exists()]
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", written["summary.md"].read_text())
+    assert len(images) == len(set(images)) == 8 and all((out / i).exists() for i in images)

@@ -9,15 +9,15 @@ from matplotlib.container import BarContainer
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle, StepPatch
 
-from bench import report_plots as plots
-from bench.report import Selection, baseline_for, build_settings, load_frame, select
-from bench.report_stats import cell_stats, gap_stats
+import bench.report.plots as plots
+from bench.report import Selection, load_frame
+from bench.report.frame import baseline_for, build_settings, select
+from bench.report.stats import cell_stats, gap_stats
 from bench.store import Store
-from test_report_store import add_run, paper_store
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, paper_store):
     root = tmp_path_factory.mktemp("store")
     store = paper_store(root, seeds=(0, 1), n=60)
     chosen, pool = select(load_frame(root), Selection())
@@ -135,7 +135,7 @@ def test_weights_figure_draws_relative_weights_when_recorded(setting):
     assert plots.weights_figure(hist).axes[0].get_ylabel() == "instances with weight < 0.2 (%)"
 
 
-def test_no_weights_figure_without_reweighted_runs(tmp_path):
+def test_no_weights_figure_without_reweighted_runs(tmp_path, add_run):
     store = Store(tmp_path)
     add_run(store, "at", "pgd", 0, {"natural": [True, False]})
     chosen, pool = select(load_frame(tmp_path), Selection())

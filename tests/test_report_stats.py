@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from bench.report import Selection, baseline_for, build_settings, load_frame, select
-from bench.report_stats import cell_stats, flag_matrix, gap_stats, mean_std, pair_runs, significance
+from bench.report import Selection, load_frame
+from bench.report.frame import baseline_for, build_settings, flag_matrix, select
+from bench.report.stats import cell_stats, gap_stats, mean_std, pair_runs, significance
 from bench.store import Store
-from test_report_store import add_run
 
 
 def bits(text: str) -> list[bool]:
@@ -35,7 +35,7 @@ def test_small_helpers():
 # ---- table-level statistics on a hand-made store ------------------------------------------------------------
 
 @pytest.fixture
-def tiny(tmp_path):
+def tiny(tmp_path, add_run):
     """4 test points. AT (PGD) seeds 0, 1 and GAIRAT (PGD) seed 0; pgd20 seen, cw20 unseen."""
     store = Store(tmp_path)
     add_run(store, "at", "pgd", 0, {"natural": bits("1111"), "pgd20": bits("1100"), "cw20": bits("1100")})
@@ -82,7 +82,7 @@ def test_gap_stats_hand_computed(tiny):
     assert (nat["gap"], nat["gap_low"], nat["gap_high"], nat["p"]) == (0.0, 0.0, 0.0, 1.0)
 
 
-def test_gap_table_keeps_seen_related_and_unseen_apart(tmp_path):
+def test_gap_table_keeps_seen_related_and_unseen_apart(tmp_path, add_run):
     """LRAT (SAA): AA and APGD-T are related (the paper's "(rel)"), PGD-20 and CW-20 unseen; two seeds each, so
     the gaps pool seed pairs and report the sd of the per-seed gaps."""
     store = Store(tmp_path)

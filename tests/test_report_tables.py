@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from bench.report_tables import (attack_gap_latex, attack_gap_markdown, gap_table_latex, gap_table_markdown,
+from bench.report.tables import (attack_gap_latex, attack_gap_markdown, gap_table_latex, gap_table_markdown,
                                  main_table_latex, main_table_markdown, tex_escape)
 
 NAN = math.nan

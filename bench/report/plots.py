@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.report import ATTACK_LABELS, METHOD_LABELS, Setting, attack_order
+from bench.report.frame import Setting, attack_label, attack_order, method_label
 
 # Copied from bench/train.py (which imports torch): weight-histogram bin edges, raw 0.0, 0.2, ..., 4.0 and
 # relative 0.0, 0.1, ..., 3.0, each plus one overflow bin [last edge, inf) in the stored counts; and the LRAT
@@ -40,7 +40,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    """`stem`.pdf and `stem`.png. The suffixes are appended, never put in place of one (Path.with_suffix):
+    a stem may contain a dot, e.g. a budget, and everything after it would be lost."""
+    paths = [stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")]
     for p in paths:
         fig.savefig(p, dpi=150)
     return paths
@@ -81,10 +83,10 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
             ax.text(j, i, f"{c['mean']:.1f}{mark}", ha="center", va="center", fontsize=7,
                     color="black" if shade > 0.6 else "white")
         image = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(attacks)), [ATTACK_LABELS.get(a, a) for a in attacks], rotation=45, ha="right",
+        ax.set_xticks(range(len(attacks)), [attack_label(a) for a in attacks], rotation=45, ha="right",
                       fontsize=8)
         ax.set_yticks(range(len(variants)), [_row_name(v) for v in variants], fontsize=8)
-        ax.set_title(METHOD_LABELS.get(method, method.upper()))
+        ax.set_title(method_label(method))
         ax.set_xlabel("evaluation attack")
         ax.set_ylabel("training attack")
     for ax in axes[len(methods):]:
@@ -111,7 +113,7 @@ def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, gaps["variant"].tolist(), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("gap to baseline (accuracy points)")
-    ax.set_title(f"Gap to the baseline ({METHOD_LABELS.get(baseline, baseline)}) with 95% intervals")
+    ax.set_title(f"Gap to the baseline ({method_label(baseline)}) with 95% intervals")
     ax.legend(fontsize=8)
     return fig
 

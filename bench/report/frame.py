@@ -1,17 +1,19 @@
-"""`bench report`: from the finished runs in a store to paper-ready tables, plots, a compiled PDF and a
-Markdown summary that answer the LRAT paper's question (does a method that wins on the attack it trained
-with lose on the attacks it never saw?). Never imports torch: it reads the store's JSON files only.
+"""The bottom of `bench report`: the store's rows as a frame, the selection, and the settings and variants the
+tables are made of, with the label and escape helpers every layer above uses. Never imports torch: it reads
+the store's JSON files only. Labels and display orders come from the torch-free catalog
+(bench/config/catalog.py), so a new method needs no change here; an unknown one (a plugin) is labelled with
+its name upper-cased and sorts after the known ones.
 
 Rows are grouped into *settings* (dataset, model, threat model, eval eps, number of test points: the same
 test points, so flags pair up) and, inside a setting, into *variants* (one training config up to its seed:
-a table row, its runs the seeds). Statistics: bench/report_stats.py; rendering: report_tables.py,
-report_plots.py, report_document.py.
+a table row, its runs the seeds). Above this module: stats.py (statistics), tables.py and plots.py
+(rendering), document.py (every output file), and `write_report` in the package's __init__.py.
 """
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,34 +22,32 @@ import numpy as np
 import pandas as pd
 
 from bench.config import parse_checkpoint
-from bench.config.catalog import METHOD_ALIASES
+from bench.config.catalog import (METHOD_ALIASES, METHODS, TRAIN_ATTACKS, eval_attack_label, eval_attack_order,
+                                  method_label, method_order, row_label, train_attack_order)
 from bench.config.names import UsageError, split_list, suggest
 from bench.config.relations import row_relation
-from bench.report_stats import flag_matrix
 from bench.store import Store
 
 log = logging.getLogger(__name__)
 
-ATTACK_ORDER = ["natural", "fgsm", "pgd20", "cw20", "apgd-ce", "apgd-t", "fab-t", "square", "aa", "worst"]
-ATTACK_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-20", "apgd-ce": "APGD-CE",
-                 "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square", "aa": "AA", "worst": "Worst"}
-METHOD_ORDER = ["at", "gairat", "mail", "lsat", "lrat"]
-METHOD_LABELS = {"at": "AT", "gairat": "GAIRAT", "mail": "MAIL", "lrat": "LRAT", "lsat": "LSAT"}
-TRAIN_ATTACK_ORDER = ["pgd", "cw", "saa", "fgsm"]
-TRAIN_ATTACK_LABELS = {"pgd": "PGD", "cw": "CW", "saa": "SAA", "fgsm": "FGSM"}
+__all__ = ["Selection", "Setting", "Variant", "attack_label", "attack_order", "baseline_for", "build_settings",
+           "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label", "parse_selection",
+           "row_guards", "row_label", "row_relations", "select", "setting_slug", "tex_escape"]
+
 # Per-run config keys that are not part of a variant: they define the setting, or they are the seed.
 NOT_VARIANT_KEYS = ("seed", "dataset", "model")
 
 
 def attack_order(attacks: Iterable[str]) -> list[str]:
+    """Eval attacks in table-column order (the catalog's), unknown ones after them, alphabetically."""
     attacks = set(attacks)
-    known = [a for a in ATTACK_ORDER if a in attacks]
+    known = [a for a in eval_attack_order() if a in attacks]
     return known + sorted(attacks - set(known))
 
 
-def row_label(method: str, train_attack: str) -> str:
-    attacks = "+".join(TRAIN_ATTACK_LABELS.get(a, a.upper()) for a in train_attack.split("+"))
-    return f"{METHOD_LABELS.get(method, method.upper())} ({attacks})"
+def attack_label(name: str) -> str:
+    """'pgd20' -> 'PGD-20'; an unknown eval attack keeps its name."""
+    return eval_attack_label(name)
 
 
 def tex_escape(text: str) -> str:
@@ -62,6 +62,17 @@ def eps_text(eps: float) -> str:
     """0.0313725 -> '8/255' (the way papers write it); other budgets as short decimals."""
     k = eps * 255
     return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def flag_matrix(flags: Sequence[str]) -> np.ndarray:
+    """Stored '0110...' strings (one per run) -> bool array of shape (runs, points)."""
+    if not flags:
+        return np.zeros((0, 0), dtype=bool)
+    lengths = {len(f) for f in flags}
+    if len(lengths) != 1:
+        raise ValueError(f"flag strings of different lengths {sorted(lengths)}: not the same test points")
+    raw = np.frombuffer("".join(flags).encode("ascii"), dtype=np.uint8)
+    return (raw == ord("1")).reshape(len(flags), lengths.pop())
 
 
 @dataclass(frozen=True)
@@ -179,12 +190,12 @@ def load_frame(results: str | Path, with_flags: bool = True) -> pd.DataFrame:
 
 def select(df: pd.DataFrame, sel: Selection, results: str | Path = "the store") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(selected rows, baseline pool): every name checked against the store first (UsageError, exit 2)."""
-    known_methods = [*METHOD_LABELS, *METHOD_ALIASES]
+    known_methods = [*METHODS, *METHOD_ALIASES]
     _check_names("dataset", sel.datasets, set(df.dataset), [], results)
     _check_names("model", sel.models, set(df.model), [], results)
     _check_names("method", sel.methods, set(df.method), known_methods, results)
-    valid_combos = [a for a in sel.train_attacks if all(p in TRAIN_ATTACK_LABELS for p in a.split("+"))]
-    _check_names("training attack", sel.train_attacks, set(df.train_attack), [*TRAIN_ATTACK_LABELS, *valid_combos],
+    valid_combos = [a for a in sel.train_attacks if all(p in TRAIN_ATTACKS for p in a.split("+"))]
+    _check_names("training attack", sel.train_attacks, set(df.train_attack), [*TRAIN_ATTACKS, *valid_combos],
                  results)
     if sel.baseline not in set(df.method) and sel.baseline not in known_methods:
         raise UsageError(f"Unknown baseline method '{sel.baseline}'.{suggest(sel.baseline, sorted(set(df.method)))}")
@@ -212,9 +223,10 @@ def _variant_key(config: dict[str, Any], row: pd.Series) -> dict[str, Any]:
 
 
 def _sort_key(v: Variant) -> tuple:
-    m = METHOD_ORDER.index(v.method) if v.method in METHOD_ORDER else len(METHOD_ORDER)
+    methods, attacks = method_order(), train_attack_order()  # the catalog's; unknown names after the known
+    m = methods.index(v.method) if v.method in methods else len(methods)
     first = v.train_attack.split("+")[0]
-    t = TRAIN_ATTACK_ORDER.index(first) if first in TRAIN_ATTACK_ORDER else len(TRAIN_ATTACK_ORDER)
+    t = attacks.index(first) if first in attacks else len(attacks)
     return m, v.method, t, v.train_attack.count("+"), v.train_attack, v.label
 
 
@@ -266,6 +278,19 @@ def row_relations(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
 SETTING_COLUMNS = ["dataset", "model", "threat_model", "eval_eps", "n_eval"]
 
 
+def setting_slug(dataset: str, model: str, threat: str, eps: float, n: int, sha: str = "",
+                 taken: Iterable[str] = ()) -> str:
+    """The suffix of a setting's file names and LaTeX labels when a report has several settings, e.g.
+    '-synthetic-small-cnn-linf-eps0p1-n64': the whole setting, and no dot (a dot would be read as the start of
+    a file extension, by Path.suffix and by LaTeX's \\includegraphics, and cut the rest of the setting off).
+    A slug already `taken` (budgets equal to 4 significant digits) gets a counter."""
+    slug = (f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}" + (f"-{sha[:8]}" if sha else "")).replace(".", "p")
+    taken, base, k = set(taken), slug, 2
+    while slug in taken:
+        slug, k = f"{base}-{k}", k + 1
+    return slug
+
+
 def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFrame, sel: Selection) -> list[Setting]:
     settings = []
     filters = "; ".join(f"{kind} {', '.join(names)}" for kind, names in
@@ -275,6 +300,7 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
     chosen, baseline_pool = (f.assign(points_sha=f["points_sha"].fillna("")) if "points_sha" in f else f
                              for f in (chosen, baseline_pool))
     groups = list(chosen.groupby(keys, sort=True))
+    slugs: set[str] = set()
     for key, rows in groups:
         (dataset, model, threat, eps, n), sha = key[:5], (key[5] if len(key) > 5 else "")
         base_rows = baseline_pool
@@ -299,33 +325,11 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
         used = run_rows[run_rows.run_id.isin(run_ids)]
         flags = dict(zip(zip(used.run_id, used.eval_attack), flag_matrix(list(used["flags"]))))
         guards = {(r["run_id"], r["eval_attack"]): row_guards(r) for r in used.to_dict("records")}
-        slug = "" if len(groups) == 1 else (f"-{dataset}-{model}-{threat}-eps{eps:.4g}-n{n}"
-                                            + (f"-{sha[:8]}" if sha else ""))
+        slug = "" if len(groups) == 1 else setting_slug(dataset, model, threat, eps, n, sha, taken=slugs)
+        slugs.add(slug)
         settings.append(Setting(dataset=dataset, model=model, threat_model=threat, eps=float(eps), n_points=int(n),
                                 checkpoint=sel.checkpoint, baseline=sel.baseline, variants=tuple(kept),
                                 attacks=tuple(attack_order(used.eval_attack.unique())), flags=flags,
                                 histories={r: store.history(r) for r in sorted(run_ids)}, slug=slug,
                                 filters=filters, guards=guards))
     return settings
-
-
-def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
-    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags), the
-    tables of the selection (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is
-    installed), summary.md. Returns {name: path} of what was written. Bad selections raise UsageError
-    before anything is written."""
-    from bench.report_document import write_outputs
-
-    df = load_frame(results)
-    if df.empty:
-        raise UsageError(f"No finished runs in {results}: run `bench run` first (or point --results at a store).")
-    chosen, baseline_pool = select(df, selection, results)
-    settings = build_settings(Store(results), chosen, baseline_pool, selection)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"results.csv": out / "results.csv"}
-    cols = [c for c in df.columns if c != "flags"]
-    df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(
-        written["results.csv"], index=False)
-    written.update(write_outputs(settings, selection, out))
-    return written

@@ -7,30 +7,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from bench.report.frame import Setting, Variant
 from bench.stats import bootstrap_ci, paired_gap
-
-if TYPE_CHECKING:
-    from bench.report import Setting, Variant
 
 Aggregate = Literal["all", "mean"]  # over a set of attacks: per-example worst case, or share survived
 
 NOT_AN_ATTACK = ("natural", "worst")  # columns that are neither seen, related nor unseen attacks
-
-
-def flag_matrix(flags: Sequence[str]) -> np.ndarray:
-    """Stored '0110...' strings (one per run) -> bool array of shape (runs, points)."""
-    if not flags:
-        return np.zeros((0, 0), dtype=bool)
-    lengths = {len(f) for f in flags}
-    if len(lengths) != 1:
-        raise ValueError(f"flag strings of different lengths {sorted(lengths)}: not the same test points")
-    raw = np.frombuffer("".join(flags).encode("ascii"), dtype=np.uint8)
-    return (raw == ord("1")).reshape(len(flags), lengths.pop())
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -57,7 +44,7 @@ def significance(p: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
 
 
-# ---- table-level statistics over a Setting (bench/report.py) ------------------------------------------------
+# ---- table-level statistics over a Setting (bench/report/frame.py) ------------------------------------------
 
 def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str],
                how: Aggregate = "all") -> tuple[list[int], np.ndarray]:

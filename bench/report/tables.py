@@ -6,8 +6,8 @@
 - gap table: seen / related / unseen-mean / unseen-worst accuracy and the gap to the baseline, intervals, the
   spread over seeds and p-values (bench.stats.paired_gap);
 - per-attack gaps: the gap to the baseline under each eval attack, with significance marks;
-- guards: every evaluation guard (bench/guards.py) that flagged a row, with its reason, or one line saying none
-  fired; the main table marks the cells those rows feed with a section sign.
+- guards: every evaluation guard (bench/evaluation/guards.py) that flagged a row, with its reason, or one line
+  saying none fired; the main table marks the cells those rows feed with a section sign.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report import ATTACK_LABELS, attack_order, tex_escape
-from bench.report_stats import GUARD_COLUMNS, GuardSummary, best_in_column, significance
+from bench.report.frame import attack_label, attack_order, tex_escape
+from bench.report.stats import GUARD_COLUMNS, GuardSummary, best_in_column, significance
 
 SEEN_NOTE_TEX = (r"$^\dagger$: the evaluation attack was simulated in training (seen); $^\ddagger$: related to "
                  r"the training attack (same loss, another optimiser or step count, or a component of it).")
@@ -125,7 +125,7 @@ def _grid_rows(frame: pd.DataFrame, attacks: list[str], lead, cell) -> tuple[lis
 
 def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
     attacks = attack_order(cells["eval_attack"].unique())
-    header = ["Method (train attack)"] + [ATTACK_LABELS.get(a, a) for a in attacks]
+    header = ["Method (train attack)"] + [attack_label(a) for a in attacks]
 
     def cell(c):
         mean = f"{c['mean']:.2f}"
@@ -198,7 +198,7 @@ def gap_grid(gaps: pd.DataFrame, tex: bool) -> Grid:
 def _attack_sets(gaps: pd.DataFrame, tex: bool) -> str:
     """'seen PGD-20, related FGSM, unseen CW-20 and AA for GAIRAT (PGD), ...': what each column aggregates."""
     def names(csv) -> str:
-        return ", ".join(ATTACK_LABELS.get(a, a) for a in csv.split(",")) if isinstance(csv, str) and csv else "none"
+        return ", ".join(attack_label(a) for a in csv.split(",")) if isinstance(csv, str) and csv else "none"
     groups: dict[tuple[str, str, str], list[str]] = {}
     for g in gaps.to_dict("records"):
         groups.setdefault((g["seen_attacks"], g.get("related_attacks", ""), g["unseen_attacks"]), []).append(g["variant"])
@@ -235,7 +235,7 @@ def gap_table_markdown(gaps: pd.DataFrame, selection: str) -> str:
 
 def attack_gap_grid(per_attack: pd.DataFrame, tex: bool) -> Grid:
     attacks = attack_order(per_attack["eval_attack"].unique())
-    header = ["Method (train attack)", "Baseline"] + [ATTACK_LABELS.get(a, a) for a in attacks]
+    header = ["Method (train attack)", "Baseline"] + [attack_label(a) for a in attacks]
 
     def lead(variant):
         base = per_attack.loc[per_attack["variant"] == variant, "baseline"].iloc[0]
@@ -330,7 +330,7 @@ def guard_table_latex(guards: GuardSummary, selection: str, label: str = "tab:gu
              r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
              r"\bottomrule", r"\endlastfoot"]
     for g in guard_lines(guards):
-        attacks = ", ".join(ATTACK_LABELS.get(a, a) for a in g["eval_attacks"])
+        attacks = ", ".join(attack_label(a) for a in g["eval_attacks"])
         lines.append(" & ".join([tex_escape(g["variant"]), str(g["seed"]), tex_escape(g["checkpoint"]),
                                  tex_escape(attacks), tex_escape(g["guard"]), _tex_text(g["reason"])]) + r" \\")
     lines += [r"\end{longtable}", r"\endgroup"]
@@ -343,7 +343,7 @@ def guard_table_markdown(guards: GuardSummary, selection: str) -> str:
     def cell(text) -> str:
         return str(text).replace("|", r"\|").replace("\n", " ")
     rows = [[cell(g["variant"]), str(g["seed"]), cell(g["checkpoint"]),
-             cell(", ".join(ATTACK_LABELS.get(a, a) for a in g["eval_attacks"])), cell(g["guard"]),
+             cell(", ".join(attack_label(a) for a in g["eval_attacks"])), cell(g["guard"]),
              cell(g["reason"])] for g in guard_lines(guards)]
     lines = ["| " + " | ".join(GUARD_HEADER) + " |", "|" + "|".join([":--", "--:"] + [":--"] * 4) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

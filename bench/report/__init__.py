@@ -1,0 +1,44 @@
+"""`bench report`: from the finished runs in a store to paper-ready tables, plots, a compiled PDF and a
+Markdown summary that answer the LRAT paper's question (does a method that wins on the attack it trained
+with lose on the attacks it never saw?). Never imports torch: it reads the store's JSON files only.
+
+The package, bottom to top (each module imports only the ones above it in this list, never this package):
+
+- frame.py: the store's rows (`load_frame`), the selection (`Selection`, `parse_selection`, `select`), the
+  settings and variants the tables are made of (`build_settings`), labels and LaTeX escaping;
+- stats.py: mean and spread over seeds, bootstrap intervals, the gaps to a baseline (bench.stats.paired_gap);
+- tables.py and plots.py: the tables (LaTeX, Markdown, CSV) and the figures (matplotlib);
+- document.py: every output file of a report, report.tex and its compilation, summary.md;
+- here: `write_report`, the entry point of `bench report`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.config.names import UsageError
+from bench.report.frame import Selection, build_settings, load_frame, parse_selection, select
+from bench.store import Store
+
+__all__ = ["Selection", "load_frame", "parse_selection", "write_report"]
+
+
+def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
+    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags), the
+    tables of the selection (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is
+    installed), summary.md. Returns {name: path} of what was written. Bad selections raise UsageError
+    before anything is written."""
+    from bench.report.document import write_outputs  # matplotlib: loaded only when a report is written
+
+    df = load_frame(results)
+    if df.empty:
+        raise UsageError(f"No finished runs in {results}: run `bench run` first (or point --results at a store).")
+    chosen, baseline_pool = select(df, selection, results)
+    settings = build_settings(Store(results), chosen, baseline_pool, selection)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"results.csv": out / "results.csv"}
+    cols = [c for c in df.columns if c != "flags"]
+    df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(
+        written["results.csv"], index=False)
+    written.update(write_outputs(settings, selection, out))
+    return written
