@@ -9,7 +9,7 @@ import foolbox as fb
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TinyNet
+from support import Fragile, TinyNet
 from pyautoattack import AutoAttack
 
 from bench.attacks.pgd import AttackResult
@@ -30,28 +30,6 @@ def points():
         y = model(x).argmax(1)
     y[:4] = (y[:4] + 1) % 10
     return model, x, y
-
-
-class Fragile(nn.Module):
-    """Scripted: correct exactly at its reference points, wrong after any perturbation of L1 size > 1e-6/20.
-
-    The margin of the true class is 1e-6 - 20 |x - x_i|_1 + g.(x - x_i) for the nearest reference x_i, with a
-    fixed |g| < 20 so that the input gradient is never zero (FGSM without a random start can move)."""
-
-    def __init__(self, x_ref: torch.Tensor, y_ref: torch.Tensor, num_classes: int = 10):
-        super().__init__()
-        self.register_buffer("x_ref", x_ref.flatten(1).clone())
-        self.register_buffer("y_ref", y_ref.clone())
-        self.register_buffer("g", torch.linspace(-1, 1, x_ref[0].numel()))
-        self.k = num_classes
-
-    def forward(self, x):
-        flat = x.flatten(1)
-        i = torch.cdist(flat.detach(), self.x_ref, p=1).argmin(1)
-        delta = flat - self.x_ref[i]
-        margin = 1e-6 - 20 * delta.abs().sum(1) + delta @ self.g
-        others = -0.01 * torch.arange(self.k, dtype=x.dtype, device=x.device).expand(len(x), self.k)
-        return others.scatter(1, self.y_ref[i][:, None], margin[:, None])
 
 
 @pytest.mark.parametrize("threat_model", ["linf", "l2"])

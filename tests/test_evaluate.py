@@ -14,54 +14,15 @@ from click.testing import CliRunner
 
 import bench.evaluation.evaluate
 from bench.cli import main
-from bench.config import EvalConfig, TrainConfig
+from bench.config import EvalConfig
 from bench.data import load_data, to_float
 from bench.evaluation.evaluate import evaluate_run, make_row, points_columns, write_worst
 from bench.evaluation.guards import ALL_GUARDS, GuardFailure
-from bench.models import build_model
-from bench.store import DONE, TRAINED, Store, decode_flags, eval_group, load_run, write_json
+from bench.store import decode_flags, eval_group, load_run
+
+from support import CFG, N, suite, write_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CFG = TrainConfig(method="at", train_attack="pgd", dataset="synthetic", model="small-cnn", eps=0.1, val_size=64,
-                  train_subset=512, epochs=1)
-N = 48
-
-
-@pytest.fixture(scope="session")
-def trained_state():
-    """A small-cnn fitted to the synthetic data with plain CE (40 Adam steps): clean accuracy near 1, and
-    PGD at eps 0.02 leaves most points robust. Built once; each test gets its own store."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    data = load_data("synthetic", val_size=CFG.val_size, train_subset=CFG.train_subset)
-    model = build_model("small-cnn", 10, 1, 28)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    x, y = to_float(data.train.x), data.train.y
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        i = torch.randint(0, len(y), (64,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def write_run(root, state, cfg: TrainConfig = CFG) -> tuple[Store, str]:
-    """A finished run in a fresh store, as `bench run` leaves it (config, history, checkpoints, markers)."""
-    store = Store(root)
-    run_dir = store.run_dir(cfg.run_id)
-    write_json(run_dir / "config.json", {"run_id": cfg.run_id, "train": cfg.to_dict(), "provenance": {}})
-    write_json(run_dir / "history.json", [{"epoch": 1, "val_natural": 1.0, "val_pgd": 0.5, "best": True}])
-    for ckpt in ("best", "last"):
-        torch.save(state, run_dir / f"{ckpt}.pt")
-    store.mark(cfg.run_id, TRAINED)
-    store.mark(cfg.run_id, DONE)
-    return store, cfg.run_id
-
 
 @pytest.fixture
 def stored(tmp_path, trained_state):
@@ -71,10 +32,6 @@ def stored(tmp_path, trained_state):
 @pytest.fixture(scope="session")
 def test_split():
     return load_data("synthetic", val_size=CFG.val_size, train_subset=CFG.train_subset, test_subset=N).test
-
-
-def suite(*attacks, eps=0.02, **kw) -> EvalConfig:
-    return EvalConfig(attacks=attacks, eps=eps, test_subset=N, checkpoints=("best",), **kw)
 
 
 def stored_flags(store, run_id, group, attack):

@@ -11,8 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
-from test_eval_attacks import Fragile
-from test_evaluate import CFG, N, suite, trained_state, write_run  # noqa: F401  (fixtures)
+from support import CFG, N, Fragile, suite, write_run
 
 from bench.evaluation.autoattack_compat import install
 from bench.cli import main
@@ -87,7 +86,7 @@ def test_robustbench_benchmark_runs_end_to_end(monkeypatch, threat_model, eps):
 # --- bench export ---------------------------------------------------------------------------------------
 
 @pytest.fixture
-def evaluated(tmp_path, trained_state):  # noqa: F811
+def evaluated(tmp_path, trained_state):
     """A stored run with natural and aa rows (eps 0.3: APGD-CE breaks every point, so AA stays cheap)."""
     store, run_id = write_run(tmp_path / "results", trained_state)
     test = load_data("synthetic", val_size=CFG.val_size, train_subset=CFG.train_subset, test_subset=N).test
@@ -136,7 +135,7 @@ def test_export_readme_for_cifar_uses_robustbench_benchmark():
     assert "install()" in text and "build_model('resnet18', num_classes=10, in_channels=3" in text
 
 
-def test_export_without_aa_rows_is_refused_and_writes_nothing(tmp_path, trained_state):  # noqa: F811
+def test_export_without_aa_rows_is_refused_and_writes_nothing(tmp_path, trained_state):
     store, run_id = write_run(tmp_path / "results", trained_state)
     out = tmp_path / "export"
     result = CliRunner().invoke(main, ["export", run_id, "--results", str(store.root), "--out", str(out)])

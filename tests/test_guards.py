@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TinyNet
+from support import TinyNet
 
 from bench.evaluation.attacks import EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.config.catalog import default_eps

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench.data import augment_batch, to_float
 from bench.config.catalog import TRAIN_ATTACKS as CATALOG_ATTACKS
 from methods import METHODS, build_method_reweighting_now
-from test_methods import context
+from support import context
 
 # Ops that need a device value on the host: a scalar read, or an output whose size depends on the data.
 HOST_READS = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "masked_scatter", "is_nonzero",

@@ -9,22 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.config import TrainConfig
 from bench.attacks.losses import ce_loss
 from bench.config.names import UsageError
-from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
+from bench.attacks.training import TRAIN_ATTACKS
 from methods import METHODS, StepContext, build_method, build_method_reweighting_now
 from methods.base import first_reweighted_epoch, in_bn_mode, reweighting_started, run_attack
 from methods.gairat import gairat_weights
 from methods.lrat import lrat_coefficients, lrat_unnormalised
 from methods.mail import mail_weights
-
-
-def context(train_attack="pgd", epoch=0, epochs=1, steps=3, bn_mode="eval"):
-    cfg = TrainConfig(method="at", train_attack=train_attack, eps=0.1, attack_steps=steps,
-                      attack_step_size=0.025, saa_steps=3)
-    return StepContext(attacks=build_train_attacks(cfg), attack_names=cfg.attack_names, epoch=epoch,
-                       epochs=epochs, bn_mode=bn_mode, make_attack=lambda n: TRAIN_ATTACKS[n].build(cfg))
+from support import context
 
 
 # ---- weight functions against hand computation ---------------------------------------------------------
