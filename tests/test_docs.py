@@ -162,3 +162,58 @@ def test_relation_table_is_the_code():
     for train, params, cells in rows:
         expected = [attack_relation(a, train, params) for a in attacks]
         assert cells == expected, f"docs/methods.md, row {train} {params}: {cells} != {expected}"
+
+
+# ---- docs/results.md names every column ---------------------------------------------------------------------
+
+def documented_names() -> set[str]:
+    return set(re.findall(r"`([\w.<>-]+)`", (DOCS / "results.md").read_text()))
+
+
+def test_results_md_documents_every_row_column(tmp_path, trained_state):
+    """Every column of the rows `evaluate_run` writes (a suite with its `worst` row) is named in results.md;
+    `p_<name>` and `guard_<name>` stand for their families, and every guard is named too."""
+    import torch
+
+    from bench.data import load_data
+    from bench.evaluation.evaluate import evaluate_run
+    from bench.evaluation.guards import ALL_GUARDS
+    from support import CFG, N, suite, write_run
+
+    store, run_id = write_run(tmp_path / "results", trained_state)
+    test = load_data("synthetic", val_size=CFG.val_size, train_subset=CFG.train_subset, test_subset=N).test
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = evaluate_run(store, run_id, suite("natural", "fgsm"), test, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    names = documented_names()
+    columns = {c for row in rows for c in row}
+    missing = sorted(c for c in columns if c not in names
+                     and not (c.startswith("p_") and "p_<name>" in names)
+                     and not (c.startswith("guard_") and "guard_<name>" in names))
+    missing += [f"guard {g}" for g in ALL_GUARDS if g not in names]
+    assert not missing, f"docs/results.md does not describe these result-row columns: {', '.join(missing)}"
+
+
+def test_results_md_documents_every_gap_table_column(tmp_path, paper_store):
+    """Every column of gap_table.csv is in results.md, the four groups as `<group>_<key>`."""
+    import pandas as pd
+
+    from bench.report import write_report
+    from bench.report.frame import Selection
+
+    paper_store(tmp_path / "store", seeds=(0, 1), n=60)
+    written = write_report(tmp_path / "store", tmp_path / "out", Selection(compile_pdf=False))
+    columns = pd.read_csv(written["gap_table.csv"]).columns
+    names = documented_names()
+    groups = ("seen", "related", "unseen_mean", "unseen_worst")
+    missing = []
+    for c in columns:
+        group = next((g for g in groups if c.startswith(g + "_") and not c.endswith("_attacks")), None)
+        key = f"<group>_{c[len(group) + 1:]}" if group else c
+        if key not in names:
+            missing.append(c)
+    missing += [g for g in groups if g not in names]
+    assert not missing, f"docs/results.md does not describe these gap_table.csv columns: {', '.join(missing)}"
