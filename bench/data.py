@@ -7,9 +7,12 @@ selection never looks at the test set.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +80,38 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 # --- raw loaders: each returns ((train_x, train_y), (test_x, test_y)) as uint8 NCHW / int64 ---------------
 
+class CorruptDataset(UsageError):
+    """A dataset file that cannot be what it claims (truncated, garbled, the wrong file): named, with what to do."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"Dataset file {path} is corrupt: {why}. Delete it and fetch it again (Fashion-MNIST: "
+                         f"Debian's dataset-fashion-mnist package; either dataset: one run with network access, "
+                         f"which downloads it through torchvision).")
+
+
+_IDX_UINT8 = 0x08  # idx type code of unsigned bytes, the only one the (Fashion-)MNIST files use
+
+
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (LeCun's format: 0, 0, type, ndim, then ndim big-endian sizes, then the data), checked:
+    a truncated or garbled file raises CorruptDataset naming it instead of a numpy or gzip traceback."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise CorruptDataset(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UINT8 or not 1 <= data[3] <= 3:
+        raise CorruptDataset(path, f"no idx header of unsigned bytes (first bytes {data[:4].hex() or 'none'}, "
+                                   f"expected 00 00 08 then 01-03)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise CorruptDataset(path, f"the header stops after {len(data)} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if len(data) != expected:
+        raise CorruptDataset(path, f"{len(data):,} bytes where its header {'x'.join(map(str, shape))} says "
+                                   f"{expected:,} ({'truncated' if len(data) < expected else 'trailing bytes'})")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -95,13 +124,30 @@ def _find_idx_dir(candidates: list[Path]) -> Path | None:
 
 
 def _load_idx_dir(d: Path):
-    def read(stem: str) -> np.ndarray:
+    def read(stem: str, ndim: int) -> tuple[np.ndarray, Path]:
         plain = d / stem
-        return _read_idx(plain if plain.exists() else d / f"{stem}.gz")
+        path = plain if plain.exists() else d / f"{stem}.gz"
+        if not path.exists():
+            raise CorruptDataset(path, f"missing beside {d / 'train-images-idx3-ubyte'}")
+        array = _read_idx(path)
+        if array.ndim != ndim:
+            raise CorruptDataset(path, f"{array.ndim} dimensions where {'images' if ndim == 3 else 'labels'} "
+                                       f"have {ndim}")
+        return array, path
 
     def pair(prefix: str):
-        x = torch.from_numpy(read(f"{prefix}-images-idx3-ubyte").copy()).unsqueeze(1)
-        y = torch.from_numpy(read(f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+        images, images_path = read(f"{prefix}-images-idx3-ubyte", 3)
+        labels, labels_path = read(f"{prefix}-labels-idx1-ubyte", 1)
+        if len(images) != len(labels):
+            raise CorruptDataset(labels_path, f"{len(labels):,} labels for the {len(images):,} images of "
+                                              f"{images_path.name}")
+        if images.shape[1:] != (28, 28):
+            raise CorruptDataset(images_path, f"images of {'x'.join(map(str, images.shape[1:]))} pixels where "
+                                              f"(Fashion-)MNIST has 28x28")
+        if len(labels) and labels.max() > 9:
+            raise CorruptDataset(labels_path, f"label {int(labels.max())} where the classes are 0-9")
+        x = torch.from_numpy(images.copy()).unsqueeze(1)
+        y = torch.from_numpy(labels.astype(np.int64))
         return x, y
 
     return pair("train"), pair("t10k")
@@ -120,6 +166,21 @@ def _roots(data_dir: str | None) -> list[Path]:
     return roots
 
 
+@contextlib.contextmanager
+def _no_empty_folders_left(*folders: Path):
+    """On failure, remove those of `folders` (parents first in the list) that the block created and left empty:
+    torchvision makes <root>/MNIST/raw before its download fails offline, and an empty raw folder would then
+    be a dataset folder that is not there. Files a partial download left are kept (torchvision checks them)."""
+    created = [f for f in folders if not f.exists()]
+    try:
+        yield
+    except BaseException:
+        for f in reversed(created):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                f.rmdir()
+        raise
+
+
 def _idx_dataset(name: str, tv_folder: str, data_dir: str | None, extra: list[Path]):
     roots = _roots(data_dir)
     candidates = [p for r in roots for p in (r / name, r / tv_folder, r)] + extra
@@ -132,8 +193,9 @@ def _idx_dataset(name: str, tv_folder: str, data_dir: str | None, extra: list[Pa
     cls = getattr(torchvision.datasets, tv_folder)
     target = roots[0]
     try:
-        cls(str(target), train=True, download=True)
-        cls(str(target), train=False, download=True)
+        with _no_empty_folders_left(*target.parents[::-1], target, target / tv_folder, target / tv_folder / "raw"):
+            cls(str(target), train=True, download=True)
+            cls(str(target), train=False, download=True)
     except Exception as exc:  # torchvision raises URLError, RuntimeError, ... when offline
         hint = ("install Debian's package: apt-get install dataset-fashion-mnist, or "
                 if name == "fashion-mnist" else "")
@@ -158,7 +220,8 @@ def _torchvision_dataset(name: str, data_dir: str | None):
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
     try:
-        return get(True), get(False)
+        with _no_empty_folders_left(*root.parents[::-1], root):
+            return get(True), get(False)
     except Exception as exc:
         raise DatasetNotFound(
             f"Dataset '{name}' is not in {root} and could not be downloaded ({type(exc).__name__}: {exc}). "

@@ -8,6 +8,7 @@ Heavy imports (torch) happen inside the commands that need them, so `bench --hel
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -25,7 +26,30 @@ from bench.cli.status import status as status_command
 __all__ = ["DEFAULT_REPORTS", "DEFAULT_RESULTS", "main", "usage_errors"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C (1 means "a cell failed")
+
+
+class BenchGroup(click.Group):
+    """The group, with the last net under every command: Ctrl-C exits 130 with a line, not click's "Aborted!"
+    and 1 (the code of a failed cell); an OSError during the work (disk full, a folder made read-only
+    meanwhile) exits 1 with its message instead of a traceback. Bad input is refused before that, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Nothing to clean: locks die with their holder, every stored file is written atomically, and a
+            # cell that was cut short is neither DONE nor FAILED, so the next `bench run` resumes it.
+            click.echo("\ninterrupted: what finished is stored; run the same command again to resume.", err=True)
+            ctx.exit(INTERRUPTED)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # click's own handling of `bench ... | head`
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(quiet: bool) -> None:
     """lrat-bench: train and evaluate adversarial-training methods under a train-attack x eval-attack matrix.

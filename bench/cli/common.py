@@ -72,7 +72,9 @@ def results_option(fn):
 
 
 def data_dir_option(fn):
-    return click.option("--data-dir", default=None, help="Where datasets live (also $BENCH_DATA_DIR).")(fn)
+    # exists=True: a mistyped folder is refused (exit 2), not searched in vain and then downloaded into.
+    return click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+                        help="Where datasets live (also $BENCH_DATA_DIR).")(fn)
 
 
 def device_option(fn):

@@ -51,7 +51,8 @@ def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
               "training eps for linf, 0.5 (CIFAR/SVHN) or 1.5 ((fashion-)MNIST) for l2.")
 @threat_model_option()
 @click.option("--test-subset", type=int, default=None, help="Test points (first N on CIFAR, class-balanced "
-              "otherwise). Default: as in the run's stored evaluations, else the whole test set.")
+              "otherwise; more than the test set is refused). Default: as in the run's stored evaluations, else the "
+              "whole test set.")
 @click.option("--checkpoint", default=",".join(DEFAULTS.checkpoints), show_default=True,
               help="Comma-separated: best, last, epochN (an epoch checkpoint kept when the run trained).")
 @eval_batch_size_option()
@@ -75,6 +76,8 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     from pathlib import Path
 
     from bench.config import EvalConfig, parse_checkpoint, parse_eps
+    from bench.config.limits import MAX_SEED
+    from bench.config.preflight import check_writable_dir
     from bench.data import DATASETS
     from bench.evaluation.attacks import EVAL_ATTACKS
     from bench.evaluation.guards import check_eps
@@ -90,18 +93,28 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     for name, value in (("test-subset", test_subset), ("eval-batch-size", eval_batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be >= 1, got {value}.")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must lie in [0, 2^32 - 1 = {MAX_SEED}], got {seed}.")
     if not Path(results, "runs").is_dir():
         raise UsageError(f"No results store at {results} (no {results}/runs).")
+    check_writable_dir(results, "Results directory")  # rows, AutoAttack states and locks are written there
     store = Store(results)
     runs = _resolve_runs(store, run_ids)
     jobs = []  # (run_id, config, EvalConfig), all checked before any work
     for run_id in runs:
         config = store.config(run_id)
         info = DATASETS[config["train"]["dataset"]]
+        if test_subset is not None and test_subset > info.n_test:  # as `bench run`: refused, not cut silently
+            raise UsageError(f"--test-subset must be at most the size of {info.name}'s test set ({info.n_test:,} "
+                             f"points), got {test_subset:,}; leave it out to evaluate on all of it.")
         n = test_subset if test_subset is not None else _stored_size(store, run_id)
         for b in budgets:
             if b is not None:
-                check_eps(b, threat_model, info.in_channels * info.image_size ** 2)
+                try:
+                    check_eps(b, threat_model, info.in_channels * info.image_size ** 2)
+                except UsageError as exc:
+                    raise UsageError(f"--eps on {info.name} ({info.in_channels} x {info.image_size} x "
+                                     f"{info.image_size} inputs): {exc}") from None
             jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
                                                     batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
                                                     precision=eval_precision)))

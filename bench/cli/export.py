@@ -27,13 +27,17 @@ def export_command(run_id, results, out, checkpoint, threat_model, eps):
     from pathlib import Path
 
     from bench.config import parse_checkpoint, parse_eps
+    from bench.config.preflight import check_writable_dir
     from bench.export import export_run
     from bench.store import Store, resolve_run_id
 
     if not Path(results, "runs").is_dir():
         raise UsageError(f"No results store at {results} (no {results}/runs).")
+    check_writable_dir(out, "--out")  # before the run is read: an existing file, a read-only folder
     store = Store(results)
     run = resolve_run_id(store, run_id)
+    if not (store.run_dir(run) / "config.json").is_file():  # a folder under runs/ that no run wrote
+        raise UsageError(f"{store.run_dir(run)} is not a run (it has no config.json): nothing to export.")
     written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
                          parse_eps(eps, threat_model) if eps else None)
     for kind, path in written.items():

@@ -31,9 +31,11 @@ def report(results, out, datasets, models, methods, train_attacks, checkpoint, b
       bench report --results results --out reports
       bench report --dataset fashion-mnist --methods at,gairat,lrat --train-attack pgd,cw --checkpoint last
     """
+    from bench.config.preflight import check_writable_dir
     from bench.report import parse_selection, write_report
     from bench.report.document import ReportError
 
+    check_writable_dir(out, "--out")  # an existing file, a read-only folder: refused before any work
     selection = parse_selection(checkpoint=checkpoint, datasets=datasets, models=models, methods=methods,
                                 train_attacks=train_attacks, baseline=baseline, compile_pdf=not no_pdf)
     try:

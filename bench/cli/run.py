@@ -52,7 +52,7 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--val-size", type=int, default=RUN_DEFAULTS["val_size"], show_default=True,
               help="Validation split carved from training.")
 @click.option("--test-subset", type=int, default=RUN_DEFAULTS["test_subset"],
-              help="Test points to evaluate (class-balanced; first N on CIFAR).")
+              help="Test points to evaluate (class-balanced; first N on CIFAR); more than the test set is refused.")
 @eval_batch_size_option(
     help="Evaluation batch (AutoAttack's too): as large as fits; recorded, its random starts depend on it.")
 @eval_precision_option(
@@ -83,7 +83,8 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, speed_json, grad_steps_per_s,
         executor, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
     """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
-    are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written).
+    are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written), 130
+    if interrupted (Ctrl-C: run it again to resume).
 
     \b
     Example:

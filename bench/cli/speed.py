@@ -5,7 +5,7 @@ import click
 
 from bench.cli.common import device_option, usage_errors
 from bench.config.catalog import DEFAULT_DATASET, DEFAULTS
-from bench.config.names import split_list
+from bench.config.names import UsageError, split_list
 
 
 @click.command()
@@ -39,6 +39,7 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
       bench speed --batch-size 32 --steps 2 --eval-points 16 --epoch-images 256   # tiny CI mode
     """
     from bench.config import parse_eps
+    from bench.config.preflight import check_writable_file
     from bench.config.catalog import default_eps, default_model
     from bench.data import DATASETS
     from bench.evaluation.attacks import EVAL_ATTACKS
@@ -49,6 +50,12 @@ def speed(model, dataset, batch_size, methods, train_attacks, eps, precision, st
     from bench.config.method_params import parse_train_attack
     from methods import canonical_method
 
+    for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0),
+                             ("eval-points", eval_points, 1), ("epoch-images", epoch_images, 0)):
+        if value < low:  # --steps 0 divides by zero; --steps -1 timed nothing and printed negative speeds
+            raise UsageError(f"--{name} must be >= {low}, got {value}.")
+    if json_path is not None:
+        check_writable_file(json_path, "--json")  # before the minutes of timing whose figures it holds
     info = lookup("dataset", dataset, DATASETS)
     eval_names = split_list(eval_attacks)
     for name in eval_names:

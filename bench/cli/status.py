@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bench.cli.common import RUN_DEFAULTS, results_option, usage_errors
+from bench.config.names import UsageError
 from bench.execution.status import STATES, counts, format_table, statuses
 
 
@@ -22,8 +23,15 @@ def status(results: str, config: str | None, only: str | None) -> None:
       bench status --results results
       bench status --results results --config experiments/smoke.toml --state pending
     """
+    from pathlib import Path
+
     from bench.store import Store
 
+    if Path(results).exists() and not Path(results).is_dir():
+        raise UsageError(f"--results '{results}' is a file, not a results folder.")
+    if not Path(results).exists() and config is None:  # a typo must not read as "nothing has run yet"
+        raise UsageError(f"No such results folder '{results}'. (With --config, the matrix's cells are listed as "
+                         f"pending before the first run.)")
     cells = None
     if config is not None:
         from bench.config.matrix_file import load_matrix_file
@@ -38,3 +46,5 @@ def status(results: str, config: str | None, only: str | None) -> None:
     for line in format_table([r for r in rows if only is None or r.state == only]):
         click.echo(line)
     click.echo(f"{len(rows)} cells: {counts(rows)}")
+    if not Path(results).exists():
+        click.echo(f"(No results folder '{results}' yet: nothing has run.)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -21,19 +22,38 @@ EvalPrecision = Literal["fp32", "tf32"]  # reported numbers: fp32 with TF32 off 
 BNMode = Literal["eval", "train"]
 
 
-def parse_eps(value: str | float, threat_model: ThreatModel = "linf") -> float:
-    """'8/255' or '0.0314' or 0.0314 -> float in pixel units. L-inf budgets above 1 are refused."""
+def parse_eps(value: str | float, threat_model: ThreatModel = "linf", what: str = "Epsilon") -> float:
+    """'8/255' or '0.0314' or 0.0314 -> float in pixel units. Negative, NaN and L-inf budgets above 1 are
+    refused; `what` names the value in the message (a step size is read the same way)."""
     text = str(value).strip()
     try:
         eps = float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"Cannot read epsilon '{value}': give a number such as 8/255 or 0.0314.") from None
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise UsageError(f"Cannot read {what.lower()} '{value}': give a number such as 8/255 or 0.0314.") from None
     if eps < 0 or eps != eps:
-        raise UsageError(f"Epsilon must be >= 0, got {value}.")
+        raise UsageError(f"{what} must be >= 0, got {value}.")
     if threat_model == "linf" and eps > 1:
         hint = f" Did you mean {text}/255?" if eps <= 255 else ""
-        raise UsageError(f"Epsilon {value} is larger than 1, but inputs are in [0, 1].{hint}")
+        raise UsageError(f"{what} {value} is larger than 1, but inputs are in [0, 1].{hint}")
     return eps
+
+
+def check_budget(eps: float, threat_model: str, input_dim: int | None = None) -> None:
+    """Refuse a budget that cannot be in pixel units: eps < 0 or NaN; L-inf eps > 1; L2 eps > sqrt(d), the
+    diameter of the input cube [0, 1]^d (every input would be reachable). The eps guard of the evaluation
+    (bench/evaluation/guards.py) refuses with this check; the config stage calls it before anything is written."""
+    if not eps >= 0:  # also catches NaN
+        raise UsageError(f"Epsilon must be >= 0, got {eps}.")
+    if threat_model == "linf":
+        if eps > 1:
+            hint = f" Did you mean {eps:g}/255 = {eps / 255:.6g}?" if eps <= 255 else ""
+            raise UsageError(f"L-inf epsilon {eps:g} is larger than 1, but inputs are in [0, 1].{hint}")
+    elif threat_model == "l2":
+        if input_dim is not None and eps > math.sqrt(input_dim):
+            raise UsageError(f"L2 epsilon {eps:g} exceeds sqrt(d) = {math.sqrt(input_dim):.4g}, the diameter of the "
+                             f"input cube [0, 1]^{input_dim}: every input would be reachable.")
+    else:
+        raise UsageError(f"Unknown threat model '{threat_model}' (choices: l2, linf).")
 
 
 def parse_checkpoint(name: str, epochs: int | None = None) -> str:

@@ -111,19 +111,44 @@ def _where(path: Path, text: str, section: str, key: str | None = None) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def load_matrix_file(path: str | Path) -> dict[str, Any]:
+class MatrixValues(dict):
+    """{`bench run` parameter: value} read from a matrix file, with `where`: {parameter: "file:line: key
+    'section.key'"}, so that checks made later (against the catalog, per dataset) name the file's line.
+    Merged with the flags (matrix_merge.merge), `given` also holds the parameters the user set (not defaults)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where: dict[str, str] = {}
+        self.given: set[str] = set()
+
+
+def _read_text(path: Path) -> str:
+    """The file as text; a file that is not UTF-8 (TOML must be) is refused with the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read matrix file {path}: {exc.strerror or exc}.") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): a "
+                         f"matrix file is TOML, which must be UTF-8.") from None
+
+
+def load_matrix_file(path: str | Path) -> MatrixValues:
     """A matrix file -> {`bench run` parameter: value}; method parameters under 'method_params' as
     {method: {name: value}}. Malformed files raise UsageError naming the file, the line and the key."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"Cannot read matrix file {path}: {exc.strerror or exc}.") from None
+    text = _read_text(path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(_syntax_error(path, text, exc)) from None
-    values: dict[str, Any] = {}
+    except RecursionError:  # tomllib recurses once per nesting level: [[[[...]]]] thousands deep
+        raise UsageError(f"{path}: nested too deeply to read (arrays or tables inside one another thousands of "
+                         f"levels deep); a matrix file needs at most two levels ([matrix] rows).") from None
+    values = MatrixValues()
     sections = [*SCHEMA, PARAMS_SECTION]
     for section, table in doc.items():
         if not isinstance(table, dict):
@@ -144,6 +169,7 @@ def load_matrix_file(path: str | Path) -> dict[str, Any]:
                 raise UsageError(f"{_where(path, text, section, key)}: key '{section}.{key}' must be {wants}, "
                                  f"got {value!r}.")
             values[param] = value
+            values.where[param] = f"{_where(path, text, section, key)}: key '{section}.{key}'"
     return values
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config.matrix_file import MATRIX_PARAMS
+from bench.config.matrix_file import MATRIX_PARAMS, MatrixValues
 from bench.config.names import UsageError
 
 
@@ -12,9 +12,13 @@ def defaults_of(command) -> dict[str, Any]:
     return {p.name: p.default for p in command.params if p.name in MATRIX_PARAMS}
 
 
-def merge(defaults: dict[str, Any], file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Defaults < matrix file < flags the user actually gave. Method parameters merge per key."""
-    merged = {**defaults, **file_values, **flags}
+def merge(defaults: dict[str, Any], file_values: dict[str, Any], flags: dict[str, Any]) -> MatrixValues:
+    """Defaults < matrix file < flags the user actually gave. Method parameters merge per key. `where` says
+    where each value came from, for the checks' messages: the file's "file:line: key 'section.key'" for a value
+    of the file; a flag's own name (`origin`) otherwise."""
+    merged = MatrixValues({**defaults, **file_values, **flags})
+    merged.where = {k: v for k, v in getattr(file_values, "where", {}).items() if k not in flags}
+    merged.given = set(file_values) | set(flags)
     merged["method_params"] = (file_values.get("method_params") or {}, flags.get("method_params") or ())
     if "rows" in file_values:
         both = [k for k in ("methods", "train_attack") if k in file_values]
@@ -24,3 +28,8 @@ def merge(defaults: dict[str, Any], file_values: dict[str, Any], flags: dict[str
         for key in ("methods", "train_attack"):  # typed flags select among the rows; defaults do not
             merged[key] = flags.get(key)
     return merged
+
+
+def origin(values: dict[str, Any], param: str) -> str:
+    """Where a merged value came from, for a message: "m.toml:7: key 'train.val_size'" or "--val-size"."""
+    return getattr(values, "where", {}).get(param) or "--" + param.replace("_", "-")

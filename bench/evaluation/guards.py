@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from bench.config.names import UsageError
+from bench.config.configs import check_budget
 
 Status = Literal["ok", "flag", "skip"]
 MODEL_GUARDS = ("eval_mode", "input_range", "eps", "deterministic", "logits", "zero_grad")
@@ -100,28 +100,16 @@ def check_input_range(x: torch.Tensor) -> GuardResult:
 
 
 def check_eps(eps: float, threat_model: str, input_dim: int | None = None) -> GuardResult:
-    """Refuse budgets that cannot be in pixel units (UsageError: bad input, exit code 2); flag large ones."""
-    if not eps >= 0:  # also catches NaN
-        raise UsageError(f"Epsilon must be >= 0, got {eps}.")
-    if threat_model == "linf":
-        if eps > 1:
-            hint = f" Did you mean {eps:g}/255 = {eps / 255:.6g}?" if eps <= 255 else ""
-            raise UsageError(f"L-inf epsilon {eps:g} is larger than 1, but inputs are in [0, 1].{hint}")
-        if eps > LINF_SUSPICIOUS:
-            return GuardResult("eps", "flag", f"L-inf eps {eps:.4g} > {LINF_SUSPICIOUS}: larger than any standard "
-                                              "budget; is it in pixel units?")
-    elif threat_model == "l2":
-        if input_dim is not None:
-            diameter = math.sqrt(input_dim)
-            if eps > diameter:
-                raise UsageError(f"L2 epsilon {eps:g} exceeds sqrt(d) = {diameter:.4g}, the diameter of the input "
-                                 f"cube [0, 1]^{input_dim}: every input would be reachable.")
-            if eps > L2_SUSPICIOUS * diameter:
-                return GuardResult("eps", "flag", f"L2 eps {eps:.4g} > {L2_SUSPICIOUS} sqrt(d) = "
-                                                  f"{L2_SUSPICIOUS * diameter:.3g}: unusually large for d = "
-                                                  f"{input_dim}")
-    else:
-        raise UsageError(f"Unknown threat model '{threat_model}' (choices: l2, linf).")
+    """Refuse budgets that cannot be in pixel units (UsageError: bad input, exit code 2; the config stage's
+    check_budget, which `bench run` applies before anything is written); flag large ones."""
+    check_budget(eps, threat_model, input_dim)
+    if threat_model == "linf" and eps > LINF_SUSPICIOUS:
+        return GuardResult("eps", "flag", f"L-inf eps {eps:.4g} > {LINF_SUSPICIOUS}: larger than any standard "
+                                          "budget; is it in pixel units?")
+    if threat_model == "l2" and input_dim is not None and eps > L2_SUSPICIOUS * math.sqrt(input_dim):
+        return GuardResult("eps", "flag", f"L2 eps {eps:.4g} > {L2_SUSPICIOUS} sqrt(d) = "
+                                          f"{L2_SUSPICIOUS * math.sqrt(input_dim):.3g}: unusually large for d = "
+                                          f"{input_dim}")
     return GuardResult("eps", "ok")
 
 
