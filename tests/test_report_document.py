@@ -37,7 +37,47 @@ def test_standalone_document_compiles_and_includes_every_table_and_figure(store_
         assert rf"\input{{{name}.tex}}" in tex and (tmp_path / f"{name}.tex").exists()
     for fig in ("fig_heatmap", "fig_gap", "fig_curves", "fig_weights"):
         assert f"{{{fig}.pdf}}" in tex and (tmp_path / f"{fig}.png").exists()
-    assert not (tmp_path / "report.aux").exists()  # build leftovers cleaned
+    assert not list(tmp_path.glob("report*.aux")) and not list(tmp_path.glob("report*.log"))  # leftovers cleaned
+    assert not list(tmp_path.glob("*.tmp"))  # every file written whole, renamed into place
+
+
+@pytest.mark.skipif(not HAS_PDFLATEX, reason="pdflatex is not installed (CI installs it)")
+def test_the_pdf_is_compiled_until_its_references_settle_and_escapes_every_special(tmp_path, monkeypatch):
+    """A forward reference is '??' after one pdflatex pass; compile_pdf reruns while the log asks (twice here,
+    not more: the second pass settles). Text with every LaTeX special character, escaped by tex_escape,
+    compiles."""
+    import bench.report.document as document
+    from bench.report.document import compile_pdf
+    from bench.report.frame import tex_escape
+
+    passes = []
+    real_run = subprocess.run
+    monkeypatch.setattr(document.subprocess, "run", lambda *a, **k: passes.append(a) or real_run(*a, **k))
+
+    tex = tmp_path / "doc.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\n"
+                   "See table~\\ref{tab:later}.\n" + tex_escape(r"a\b {c} $d & #e ^f _g %h ~i") + "\n\\newpage\n"
+                   "\\begin{table}\\caption{x}\\label{tab:later}\\end{table}\n\\end{document}\n")
+    pdf = compile_pdf(tex)
+    assert pdf == tmp_path / "doc.pdf" and pdf.read_bytes()[:5] == b"%PDF-" and len(passes) == 2
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout \
+        if shutil.which("pdftotext") else None
+    if text is not None:
+        assert "See table 1." in text and "??" not in text
+        assert "a\\b {c} $d & #e ^f _g %h ~i" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.pdf", "doc.tex"]  # build files cleaned
+
+
+@pytest.mark.skipif(not HAS_PDFLATEX, reason="pdflatex is not installed (CI installs it)")
+def test_a_failed_compile_leaves_no_stale_pdf(tmp_path):
+    from bench.report.document import ReportError, compile_pdf
+
+    tex = tmp_path / "report.tex"
+    (tmp_path / "report.pdf").write_bytes(b"%PDF- an older report")
+    tex.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
+    with pytest.raises(ReportError, match="report-build.log"):
+        compile_pdf(tex)
+    assert not (tmp_path / "report.pdf").exists() and (tmp_path / "report-build.log").exists()
 
 
 def test_every_output_and_a_self_contained_summary(store_root, tmp_path):

@@ -121,3 +121,7 @@ def test_attack_gap_table_marks_significance_and_seen():
 def test_tex_escape():
     assert tex_escape(r"GAIRAT (PGD) [p_lam=0.0] 5% & #1 {x} \y") == \
         r"GAIRAT (PGD) [p\_lam=0.0] 5\% \& \#1 \{x\} \textbackslash{}y"
+    # every LaTeX special character, each escaped once (no escape escaped again)
+    assert tex_escape(r"\{}$&#^_%~") == (r"\textbackslash{}\{\}\$\&\#\textasciicircum{}\_\%"
+                                         r"\textasciitilde{}")
+    assert tex_escape("lr~0.1 x^2") == r"lr\textasciitilde{}0.1 x\textasciicircum{}2"

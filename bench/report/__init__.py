@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config.names import UsageError
-from bench.report.frame import Selection, build_settings, load_frame, parse_selection, select
+from bench.report.frame import Selection, atomic_output, build_settings, load_frame, parse_selection, select
 from bench.store import Store
 
 __all__ = ["Selection", "load_frame", "parse_selection", "write_report"]
@@ -38,7 +38,7 @@ def write_report(results: str | Path, out: str | Path, selection: Selection = Se
     out.mkdir(parents=True, exist_ok=True)
     written = {"results.csv": out / "results.csv"}
     cols = [c for c in df.columns if c != "flags"]
-    df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(
-        written["results.csv"], index=False)
+    with atomic_output(written["results.csv"]) as tmp:
+        df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(tmp, index=False)
     written.update(write_outputs(settings, selection, out))
     return written

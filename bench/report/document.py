@@ -12,7 +12,8 @@ import pandas as pd
 
 import bench.report.plots as plots
 import bench.report.tables as tables
-from bench.report.frame import Selection, Setting, attack_label, baseline_for, method_label, tex_escape
+from bench.report.frame import (Selection, Setting, atomic_output, attack_label, baseline_for, method_label,
+                                tex_escape)
 from bench.report.stats import cell_stats, gap_stats, guard_stats
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,10 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
 
     def emit(name: str, tex: str, md: str, frame: pd.DataFrame) -> None:
         for ext, text in (("tex", tex), ("md", md)):
-            written[f"{name}{s}.{ext}"] = out / f"{name}{s}.{ext}"
-            written[f"{name}{s}.{ext}"].write_text(text)
+            written[f"{name}{s}.{ext}"] = write_text(out / f"{name}{s}.{ext}", text)
         written[f"{name}{s}.csv"] = out / f"{name}{s}.csv"
-        frame.to_csv(written[f"{name}{s}.csv"], index=False)
+        with atomic_output(written[f"{name}{s}.csv"]) as tmp:
+            frame.to_csv(tmp, index=False)
 
     emit("table", tables.main_table_latex(cells, sel_tex, f"tab:main{s}", _baseline_note(setting, True)),
          tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False)), cells)
@@ -161,22 +162,50 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
     return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
 
 
+def write_text(path: Path, text: str) -> Path:
+    """`path` holding `text`, written atomically (frame.atomic_output)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+MAX_LATEX_RUNS = 4  # cross-references and longtable widths settle in two or three passes
+_RERUN = ("Rerun to get", "Label(s) may have changed", "Rerun LaTeX", "Table widths have changed")
+
+
 def compile_pdf(tex: Path) -> Path | None:
-    """pdflatex `tex` in its folder; None (with a warning) when pdflatex is not installed."""
+    """pdflatex `tex` in its folder, again while its log asks for a rerun (cross-references, longtable
+    widths), at most MAX_LATEX_RUNS times; None (with a warning) when pdflatex is not installed. The passes
+    write <stem>-build.*; the PDF is renamed into place only once it is final, so a reader never sees a
+    half-written or unsettled report.pdf, and a failed compile removes the old one (it would not match the new
+    report.tex) and keeps the log it names."""
     exe = shutil.which("pdflatex")
     if exe is None:
         log.warning("pdflatex is not installed: wrote %s without compiling it", tex)
         return None
-    try:
-        proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", tex.name],
-                              cwd=tex.parent, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise ReportError(f"pdflatex did not finish {tex} within 300 s") from None
-    if proc.returncode != 0:
-        raise ReportError(f"pdflatex failed on {tex} (log: {tex.with_suffix('.log')}):\n{proc.stdout[-2000:]}")
+    job = f"{tex.stem}-build"
+    pdf, build_log = tex.with_suffix(".pdf"), tex.with_name(job + ".log")
+    for _ in range(MAX_LATEX_RUNS):
+        try:
+            proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",
+                                   f"-jobname={job}", tex.name], cwd=tex.parent, capture_output=True, text=True,
+                                  timeout=300)
+        except subprocess.TimeoutExpired:
+            pdf.unlink(missing_ok=True)
+            raise ReportError(f"pdflatex did not finish {tex} within 300 s (log: {build_log})") from None
+        if proc.returncode != 0:
+            pdf.unlink(missing_ok=True)
+            tex.with_name(job + ".pdf").unlink(missing_ok=True)
+            raise ReportError(f"pdflatex failed on {tex} (log: {build_log}):\n{proc.stdout[-2000:]}")
+        log_text = build_log.read_text(errors="replace") if build_log.exists() else proc.stdout
+        if not any(marker in log_text for marker in _RERUN):
+            break
+    else:
+        log.warning("%s: references still changing after %d pdflatex runs", tex, MAX_LATEX_RUNS)
+    tex.with_name(job + ".pdf").replace(pdf)
     for ext in (".aux", ".log", ".out"):
-        tex.with_suffix(ext).unlink(missing_ok=True)
-    return tex.with_suffix(".pdf")
+        tex.with_name(job + ext).unlink(missing_ok=True)
+    return pdf
 
 
 def write_outputs(settings: list[Setting], selection: Selection, out: Path) -> dict[str, Path]:
@@ -187,14 +216,12 @@ def write_outputs(settings: list[Setting], selection: Selection, out: Path) -> d
         written.update(files)
         tex_parts.append(tex)
         md_parts.append(md)
-    doc = out / "report.tex"
-    doc.write_text(PREAMBLE + "\n".join(tex_parts) + "\\end{document}\n")
-    written["report.tex"] = doc
-    summary = out / "summary.md"
-    summary.write_text("# Adversarial training: seen versus unseen attacks\n\n"
-                       f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
-                       f"{method_label(selection.baseline)}).\n\n" + "\n".join(md_parts))
-    written["summary.md"] = summary
+    doc = written["report.tex"] = write_text(out / "report.tex",
+                                             PREAMBLE + "\n".join(tex_parts) + "\\end{document}\n")
+    written["summary.md"] = write_text(out / "summary.md",
+                                       "# Adversarial training: seen versus unseen attacks\n\n"
+                                       f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
+                                       f"{method_label(selection.baseline)}).\n\n" + "\n".join(md_parts))
     if selection.compile_pdf:
         pdf = compile_pdf(doc)
         if pdf is not None:

@@ -11,9 +11,11 @@ a table row, its runs the seeds). Above this module: stats.py (statistics), tabl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,13 @@ from bench.config.catalog import (METHOD_ALIASES, METHODS, TRAIN_ATTACKS, eval_a
                                   method_label, method_order, row_label, train_attack_order)
 from bench.config.names import UsageError, split_list, suggest
 from bench.config.relations import row_relation
-from bench.store import Store
+from bench.store import Store, atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Selection", "Setting", "Variant", "attack_label", "attack_order", "baseline_for", "build_settings",
-           "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label", "parse_selection",
-           "row_guards", "row_label", "row_relations", "select", "setting_slug", "tex_escape"]
+__all__ = ["Selection", "Setting", "Variant", "atomic_output", "attack_label", "attack_order", "baseline_for",
+           "build_settings", "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label",
+           "parse_selection", "row_guards", "row_label", "row_relations", "select", "setting_slug", "tex_escape"]
 
 # Per-run config keys that are not part of a variant: they define the setting, or they are the seed.
 NOT_VARIANT_KEYS = ("seed", "dataset", "model")
@@ -50,12 +52,32 @@ def attack_label(name: str) -> str:
     return eval_attack_label(name)
 
 
+# Every character LaTeX's text mode treats specially; one pass, so no escape is escaped again. ^ and ~ have
+# no backslash form that prints them (\^ and \~ are accents), hence the text commands.
+_TEX_SPECIALS = str.maketrans({"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&",
+                               "#": r"\#", "^": r"\textasciicircum{}", "_": r"\_", "%": r"\%",
+                               "~": r"\textasciitilde{}"})
+
+
 def tex_escape(text: str) -> str:
-    """Plain text (labels, names) -> LaTeX text mode."""
-    out = text.replace("\\", "\0")  # a placeholder, so the braces of \textbackslash{} are not escaped below
-    for char in "&%$#_{}":
-        out = out.replace(char, "\\" + char)
-    return out.replace("\0", r"\textbackslash{}")
+    """Plain text (labels, names) -> LaTeX text mode: \\ { } $ & # ^ _ % ~ escaped."""
+    return text.translate(_TEX_SPECIALS)
+
+
+# The process's umask, read once: atomic_output's files get the mode an open() would give them (the store's
+# temporary files are 0600, which would make every report file private).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed over it once written: a report file is the old one or the
+    whole new one, never half of it (a reader, a crash, Ctrl-C). Its name ends in .tmp: writers that guess
+    the format from the name (savefig) must be told it."""
+    with atomic_path(path) as tmp:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
 
 
 def eps_text(eps: float) -> str:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.report.frame import Setting, attack_label, attack_order, method_label
+from bench.report.frame import Setting, atomic_output, attack_label, attack_order, method_label
 
 # Copied from bench/train.py (which imports torch): weight-histogram bin edges, raw 0.0, 0.2, ..., 4.0 and
 # relative 0.0, 0.1, ..., 3.0, each plus one overflow bin [last edge, inf) in the stored counts; and the LRAT
@@ -44,7 +44,8 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     a stem may contain a dot, e.g. a budget, and everything after it would be lost."""
     paths = [stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")]
     for p in paths:
-        fig.savefig(p, dpi=150)
+        with atomic_output(p) as tmp:  # written whole or not at all; the format from the real name
+            fig.savefig(tmp, dpi=150, format=p.suffix[1:])
     return paths
 
 
