@@ -72,7 +72,9 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--grad-steps-per-s", type=float, default=None, help="Measured throughput of one worker in "
               "example-gradient steps/s (PGD-10 AT at R images/s = 11 R): --dry-run then estimates hours.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells one after another here; ray: each cell a Ray task (pip install 'lrat-bench[ray]').")
+              help="local: cells here (--workers at a time); ray: each cell a Ray task (pip install 'lrat-bench[ray]').")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="local: cells run at once, each in its own process with an equal share of the CPU threads.")
 @click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto); default: a local instance.")
 @click.option("--gpus-per-cell", type=float, default=None, help="Ray: GPUs per cell (0.5 shares a GPU). "
               "Default: 1 if the cluster has GPUs, else 0.")
@@ -81,7 +83,7 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
               help="Ray: retries of a cell whose worker died (pre-emption); it resumes from its checkpoint.")
 @usage_errors
 def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, speed_json, grad_steps_per_s,
-        executor, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
+        executor, workers, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
     """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
     are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written), 130
     if interrupted (Ctrl-C: run it again to resume).
@@ -103,6 +105,8 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     cells = resolve(merge(RUN_DEFAULTS, file_values, {k: v for k, v in matrix_flags.items() if k in given}))
     if executor == "local" and {"ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries"} & given:
         raise UsageError("--ray-address, --gpus-per-cell, --cpus-per-cell and --max-retries need --executor ray.")
+    if executor == "ray" and "workers" in given:
+        raise UsageError("--workers is for --executor local; Ray sizes its workers with --cpus-per-cell.")
     for name, value in (("gpus-per-cell", gpus_per_cell), ("cpus-per-cell", cpus_per_cell), ("max-retries", max_retries)):
         if value is not None and value < 0:
             raise UsageError(f"--{name} must be >= 0, got {value}.")
@@ -129,7 +133,7 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
         ex = RayExecutor(store, device, data_dir, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
                          gpus_per_cell, max_retries, runtime=runtime)
     else:
-        ex = LocalExecutor(store, dev, data_dir, data, runtime=runtime)
+        ex = LocalExecutor(store, dev, data_dir, data, workers=workers, runtime=runtime)
     outcomes = ex.run(cells, force=force)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
     click.echo(f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "

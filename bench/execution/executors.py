@@ -1,6 +1,8 @@
 """Executors: who runs the cells. Both write the same store layout, through the same `Runner.run_cell`.
 
-- `local` (default): the cells one after another in this process.
+- `local` (default): the cells one after another in this process; with `workers` > 1, that many cells at
+  once, each in its own process with an equal share of the CPU threads (on a small CPU two cells side by side
+  use the cores better than one cell with every thread: small batches leave threads waiting on each other).
 - `ray`: each cell a Ray task with `cpus_per_cell` CPUs and `gpus_per_cell` GPUs (fractions share a GPU), so a
   Ray cluster (a laptop, a multi-node cluster, one started on SLURM nodes) runs many cells at once. A task
   whose worker dies (pre-emption, OOM, node loss) is retried by Ray up to `max_retries` times and resumes
@@ -51,14 +53,47 @@ class LocalExecutor:
     def run(self, cells: list[Cell], force: bool = False) -> list[CellOutcome]:
         from bench.execution.runner import Runner
 
+        if self.workers > 1 and len(cells) > 1:
+            return self._run_parallel(cells, force)
         runner = Runner(self.store, self.device, self.data_dir, self.data, _runtime(self.runtime))
         return runner.run(cells, force, MatrixProgress(len(cells), self.workers))
+
+    def _run_parallel(self, cells: list[Cell], force: bool) -> list[CellOutcome]:
+        """`workers` processes (spawned: no torch state forked), each running whole cells through the same
+        `_run_cell_task` as a Ray worker; the per-cell locks keep them apart as they keep two `bench run`s."""
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        results = str(Path(self.store.root).absolute())
+        progress = MatrixProgress(len(cells), self.workers)
+        outcomes: dict[str, CellOutcome] = {}
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_set_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_cell_task, cell, results, str(self.device), self.data_dir, force,
+                                   self.runtime): cell for cell in cells}
+            for cell in cells:
+                progress.start(cell.label, "submitted")
+            for future in as_completed(futures):
+                cell = futures[future]
+                outcome = future.result()
+                progress.finish(cell.label, outcome.status, outcome.seconds)
+                outcomes[cell.train.run_id] = outcome
+        progress.close()
+        return [outcomes[c.train.run_id] for c in cells]
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool,
                    runtime: RuntimeOptions | None = None) -> CellOutcome:
-    """The body of one Ray task: a fresh Runner in the worker process, on the shared store. Ray finds it by
-    its import path (bench.execution.executors._run_cell_task) in every worker."""
+    """The body of one Ray task or local worker process: a fresh Runner in that process, on the shared store.
+    Ray finds it by its import path (bench.execution.executors._run_cell_task) in every worker."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bench.execution.runner import Runner
     from bench.provenance import resolve_device
