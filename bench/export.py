@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
 from bench.data import DATASETS
 from bench.config.catalog import MODELS, default_eps
 from bench.config.names import UsageError
-from bench.store import Store, atomic_path, read_json, write_json
+from bench.store import Store, atomic_path, check_eval, load_torch, model_from_state, read_json, write_json
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 BENCHMARK_DATASETS = ("cifar10", "cifar100")  # what robustbench.eval.benchmark can load, of ours
@@ -36,7 +35,7 @@ def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, ep
     want = eps
     groups: dict[str, dict[str, dict]] = {}
     for path in sorted((store.run_dir(run_id) / "evals").glob("*/*.json")):
-        row = read_json(path)["row"]
+        row = check_eval(read_json(path), path)["row"]
         same = row["checkpoint"] == checkpoint and row["threat_model"] == threat_model
         if same and abs(row["eval_eps"] - want) < 1e-9:
             groups.setdefault(path.parent.name, {})[row["eval_attack"]] = row
@@ -130,12 +129,23 @@ def export_run(store: Store, run_id: str, out: str | Path, checkpoint: str = "be
     rows = pick_group(store, run_id, checkpoint, threat_model, eps)
     config = store.config(run_id)
     source = store.run_dir(run_id) / f"{checkpoint}.pt"
-    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    if not source.is_file():
+        raise UsageError(f"Run {run_id} has no checkpoint file {source.name}.")
+    data = source.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    # What is exported is what the rows describe, and loads with weights_only=True: a damaged or planted file
+    # is refused here (StoreError naming it), never handed on as model.pt.
+    model_from_state(config, load_torch(source, data=data), source)
+    other = {r.get("checkpoint_sha") for r in rows.values()} - {None, sha[:16]}
+    if other:
+        raise UsageError(f"The stored rows of run {run_id} were computed on another {source.name} (checkpoint_sha "
+                         f"{', '.join(sorted(other))}; the file's is {sha[:16]}). Evaluate it again first: bench eval "
+                         f"{run_id} --results {store.root} --eval-attacks natural,aa --checkpoint {checkpoint}")
     info = model_info(config, rows, sha)
     out = Path(out)
     written = {"model": out / "model.pt", "model_info": out / "model_info.json", "readme": out / "README.md"}
     with atomic_path(written["model"]) as tmp:
-        shutil.copyfile(source, tmp)
+        tmp.write_bytes(data)
     write_json(written["model_info"], info)
     with atomic_path(written["readme"]) as tmp:
         tmp.write_text(readme(info, config))

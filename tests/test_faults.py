@@ -150,8 +150,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
-    sa = torch.load(whole / "train_state.pt", weights_only=False)
-    sb = torch.load(killed / "train_state.pt", weights_only=False)
+    sa = torch.load(whole / "train_state.pt", weights_only=True)
+    sb = torch.load(killed / "train_state.pt", weights_only=True)
     for k, v in sa["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], sb["optimizer"]["state"][k]["momentum_buffer"])
     assert sa["scheduler"] == sb["scheduler"]

@@ -47,14 +47,28 @@ RUN_DEFAULTS: dict[str, Any] = {
 
 
 def usage_errors(fn):
-    """Turn the library's UsageError into click's (exit code 2, message, nothing run)."""
+    """Turn the library's UsageError into click's (exit code 2, message, nothing run), and a damaged or refused
+    store file (bench.store.StoreError) into exit code 1 with the file and the reason, not a traceback."""
+    from bench.store import StoreError
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
             raise click.UsageError(str(exc)) from None
+        except StoreError as exc:
+            raise click.ClickException(store_error_message(exc)) from None
     return wrapper
+
+
+def store_error_message(exc) -> str:
+    """One line for a StoreError: the file, the reason, and what to do."""
+    if exc.kind == "unsafe":
+        return (f"refused store file {exc} (never loaded; if you did not put it there, delete it and `bench run` "
+                "trains the cell again)")
+    return (f"damaged store file {exc} (`bench status` lists every damaged cell; `bench run` with the cell's "
+            "settings repairs it)")
 
 
 def given_params(ctx: click.Context) -> set[str]:

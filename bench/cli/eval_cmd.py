@@ -26,7 +26,11 @@ def _stored_size(store, run_id: str) -> int | None:
     return max(counts, key=lambda n: (counts[n], n))
 
 
-def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
+def _resolve_runs(store, run_ids: tuple[str, ...], ckpts: tuple[str, ...] = ("best",)) -> list[str]:
+    """The runs to evaluate. A named run whose training is not finished (no TRAINED marker) is refused: its
+    best/last files are not its final models, so rows stored from them would outlive them; only epochN
+    checkpoints it already kept can be evaluated."""
+    from bench.config import checkpoint_epoch_number
     from bench.store import TRAINED, resolve_run_id
 
     if not run_ids:
@@ -37,8 +41,18 @@ def _resolve_runs(store, run_ids: tuple[str, ...]) -> list[str]:
     out = []
     for text in run_ids:
         run_id = resolve_run_id(store, text)
-        if not store.has(run_id, TRAINED) and not (store.run_dir(run_id) / "best.pt").exists():
-            raise UsageError(f"Run {run_id} has not finished training: nothing to evaluate.")
+        if not store.has(run_id, TRAINED):
+            run_dir = store.run_dir(run_id)
+            kept = sorted((p.stem for p in run_dir.glob("epoch*.pt") if p.stem[5:].isdigit()),
+                          key=lambda c: int(c[5:]))
+            final = [c for c in ckpts if checkpoint_epoch_number(c) is None]
+            missing = [c for c in ckpts if checkpoint_epoch_number(c) is not None and c not in kept]
+            if final or missing:
+                why = (f"its {'/'.join(final)} checkpoint is not its final model yet" if final
+                       else f"it has no {', '.join(missing)} checkpoint")
+                hint = f" It kept: {', '.join(kept)} (--checkpoint {kept[-1]})." if kept else ""
+                raise UsageError(f"Run {run_id} has not finished training (no TRAINED marker): {why}. Finish it "
+                                 f"with `bench run` first.{hint}")
         out.append(run_id)
     return list(dict.fromkeys(out))
 
@@ -65,8 +79,10 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
                  eval_precision, seed, data_dir, device):
     """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
     store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
-    AutoAttack resumes from its state file. Exit code 1 if a guard refused a run (or another process held
-    it), 2 for bad input (nothing evaluated).
+    AutoAttack resumes from its state file. Rows record their checkpoint file's SHA-256 and are reused only on
+    that file. Exit code 1 if a guard refused a run, another process held it, or one of its stored files is
+    damaged (the other runs go on; the damaged ones are named at the end); 2 for bad input, a named run whose
+    training is not finished among it (nothing evaluated).
 
     \b
     Example:
@@ -82,7 +98,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     from bench.evaluation.attacks import EVAL_ATTACKS
     from bench.evaluation.guards import check_eps
     from bench.config.names import lookup
-    from bench.store import Store
+    from bench.store import Store, StoreError
 
     suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()
                                 for a in split_list(eval_attacks)))
@@ -99,10 +115,16 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
         raise UsageError(f"No results store at {results} (no {results}/runs).")
     check_writable_dir(results, "Results directory")  # rows, AutoAttack states and locks are written there
     store = Store(results)
-    runs = _resolve_runs(store, run_ids)
+    runs = _resolve_runs(store, run_ids, ckpts)
     jobs = []  # (run_id, config, EvalConfig), all checked before any work
+    damaged: list[tuple[str, str]] = []  # (run_id, why): reported at the end, exit 1; the other runs go on
     for run_id in runs:
-        config = store.config(run_id)
+        try:
+            config = store.config(run_id)
+        except StoreError as exc:
+            click.echo(f"  DAMAGED run {run_id}: {exc}", err=True)
+            damaged.append((run_id, str(exc)))
+            continue
         info = DATASETS[config["train"]["dataset"]]
         if test_subset is not None and test_subset > info.n_test:  # as `bench run`: refused, not cut silently
             raise UsageError(f"--test-subset must be at most the size of {info.name}'s test set ({info.n_test:,} "
@@ -118,17 +140,19 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
                                                     batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
                                                     precision=eval_precision)))
-    _evaluate(store, jobs, data_dir, device)
+    _evaluate(store, jobs, data_dir, device, damaged)
 
 
-def _evaluate(store, jobs, data_dir, device) -> None:
+def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | None = None) -> None:
     from filelock import FileLock, Timeout
 
     from bench.data import load_data
     from bench.evaluation.evaluate import evaluate_run, resolve_eval_eps
     from bench.evaluation.guards import GuardFailure
     from bench.provenance import resolve_device
+    from bench.store import StoreError
 
+    damaged = list(damaged or [])
     dev = resolve_device(device)
     cache, refused, busy, summary = {}, [], [], []
     for i, (run_id, config, ecfg) in enumerate(jobs, 1):
@@ -162,13 +186,22 @@ def _evaluate(store, jobs, data_dir, device) -> None:
             click.echo(f"  REFUSED {label}: {exc}", err=True)
             refused.append(run_id)
             continue
+        except StoreError as exc:  # a damaged or refused stored file: this run only, named at the end
+            click.echo(f"  DAMAGED {label}: {exc}", err=True)
+            damaged.append((run_id, str(exc)))
+            continue
         finally:
             lock.release()
         summary += [r for r in rows if r["eval_attack"] in ecfg.attacks + ("worst",)]
     _print_summary(summary)
-    if refused or busy:
+    for run_id, why in dict.fromkeys(damaged):
+        click.echo(f"damaged: run {run_id}: {why}", err=True)
+    if refused or busy or damaged:
+        n_damaged = len(dict.fromkeys(r for r, _ in damaged))
         click.echo(f"{len(refused)} run(s) refused by a guard{': ' + ', '.join(refused) if refused else ''}; "
-                   f"{len(busy)} busy elsewhere{': ' + ', '.join(busy) if busy else ''}", err=True)
+                   f"{len(busy)} busy elsewhere{': ' + ', '.join(busy) if busy else ''}; "
+                   f"{n_damaged} with a damaged store file (`bench status` shows it; `bench run` repairs it)",
+                   err=True)
         sys.exit(1)
 
 

@@ -16,7 +16,8 @@ from bench.execution.status import STATES, counts, format_table, statuses
 @click.option("--state", "only", type=click.Choice(STATES), default=None, help="Show only cells in this state.")
 @usage_errors
 def status(results: str, config: str | None, only: str | None) -> None:
-    """List the cells in a results store as finished / running (lock held) / failed / pending, with reasons.
+    """List the cells in a results store as finished / running (lock held) / failed / pending / damaged (a
+    stored file truncated, garbled or refused: named, with the reason; `bench run` repairs it), with reasons.
 
     \b
     Example:

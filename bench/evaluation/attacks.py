@@ -25,7 +25,7 @@ import torch
 from bench.attacks.pgd import PGD, AttackResult
 from bench.config.catalog import EVAL_ATTACKS as CATALOG, EvalAttackEntry
 from bench.evaluation.guards import refuse_unsafe
-from bench.store import decode_flags, encode_flags, read_json, write_json
+from bench.store import StoreError, decode_flags, encode_flags, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,22 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat_model: str, seed: int,
-                    batch_size: int, state_path: Path | None, logger: logging.Logger) -> tuple[torch.Tensor, bool]:
+                    batch_size: int, state_path: Path | None, logger: logging.Logger,
+                    model_id: str | None = None) -> tuple[torch.Tensor, bool]:
     """AutoAttack's composition, component by component over the still-robust points, resumable per batch."""
     from pyautoattack import AutoAttack, checks
 
     key = {"components": list(components), "eps": eps, "norm": threat_model, "seed": seed,
            "batch_size": batch_size, "n": len(y), "points": _fingerprint(x, y)}
-    state = read_json(state_path) if state_path is not None and state_path.exists() else None
-    if state is not None and state.get("key") != key:
+    if model_id is not None:  # a state of another checkpoint file never resumes
+        key["model"] = model_id
+    state = None
+    if state_path is not None and state_path.exists():
+        try:
+            state = read_json(state_path)
+        except StoreError as exc:
+            log.warning("ignoring a damaged AutoAttack state: %s", exc)
+    if state is not None and (not isinstance(state, dict) or state.get("key") != key):
         log.warning("ignoring AutoAttack state %s: it was written for another evaluation", state_path)
         state = None
     resumed = state is not None
@@ -180,11 +188,13 @@ def fp32_precision(allow_tf32: bool = False):
 
 def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, *, eps: float,
                     threat_model: str = "linf", seed: int = 0, batch_size: int = 256,
-                    state_path: Path | None = None, allow_tf32: bool = False) -> EvalOutcome:
+                    state_path: Path | None = None, allow_tf32: bool = False,
+                    model_id: str | None = None) -> EvalOutcome:
     """Per-example robust flags of `name` on (x, y). The caller puts the model in eval mode (refused otherwise).
 
     `state_path` (AutoAttack names only): where progress is kept; an existing file for the same evaluation is
-    resumed, one for another evaluation is ignored. The caller deletes it when the result is stored.
+    resumed, one for another evaluation (or, with `model_id`, another checkpoint file) or a damaged one is
+    ignored. The caller deletes it when the result is stored.
     """
     if name not in EVAL_ATTACKS:
         raise KeyError(name)
@@ -207,7 +217,7 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
             else:
                 components = AA_COMPONENTS if name == "aa" else (name,)
                 flags, resumed = _run_autoattack(model, x, y, components, eps, threat_model, seed, batch_size,
-                                                 state_path, aa_logger)
+                                                 state_path, aa_logger, model_id)
     finally:
         aa_logger.removeHandler(collector)
         aa_logger.setLevel(old_level)

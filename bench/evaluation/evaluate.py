@@ -10,6 +10,14 @@ worst row is recomputed. RobustBench protocol columns: `n_examples`, `test_point
 test points in the loader's order, RobustBench's protocol on CIFAR; "balanced-subset" otherwise),
 `points_sha` (the exact points, so rows of one group provably share them), `eval_precision`, `eval_tf32`,
 `eval_batch_size` (AutoAttack's random starts are drawn per batch: needed to reproduce its flags exactly).
+
+Checkpoint identity: every row records `checkpoint_sha`, the first 16 hex digits of the SHA-256 of the exact
+checkpoint bytes it was computed on (read once per checkpoint per evaluation; the model is loaded from those
+same bytes). A stored row is reused only if it matches the current file (bench.store.row_matches: rows
+without the column, from older stores, match only a final checkpoint they do not predate); a requested attack
+whose row does not match is evaluated again, an unrequested one is set aside (<attack>.json.stale), and the
+worst row is recomputed. `best` and `last` are evaluated only once training is finished (TRAINED): before
+that they are not the run's models.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +39,9 @@ from bench.evaluation.guards import (check_autoattack, check_model, check_monoto
 from bench.config.names import UsageError
 from bench.provenance import provenance
 from bench.config.relations import attack_relation
-from bench.store import SCHEMA_VERSION, Store, decode_flags, eval_group, load_run
+from bench.store import (SCHEMA_VERSION, TRAINED, Store, StoreError, check_eval, check_torch_file, decode_flags,
+                         eval_group, file_sha,
+                         load_run, read_json, row_matches, set_aside)
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +110,93 @@ def _checkpoint_epoch(history: list[dict], checkpoint: str) -> int | None:
     return best[-1] if best else None
 
 
+def reconcile_group(store: Store, run_id: str, group: str, requested: tuple[str, ...], sha: str, checkpoint: Path,
+                    final: bool) -> set[str]:
+    """The requested attacks of `group` to evaluate (not stored, damaged, or computed on another checkpoint
+    file than the one with SHA-256 prefix `sha`); stored unrequested rows that are damaged or do not match are
+    set aside (<attack>.json.damaged / .stale), so the worst row never mixes models."""
+    todo = set()
+    for attack in requested:
+        try:
+            record = store.read_eval(run_id, group, attack)
+        except StoreError as exc:
+            log.warning("damaged eval result, evaluating it again: %s", exc)
+            todo.add(attack)
+            continue
+        if record is None:
+            todo.add(attack)
+        elif not row_matches(record["row"], sha, checkpoint, final):
+            log.warning("%s was computed on another %s (checkpoint_sha %s, the file's is %s): evaluating it again",
+                        store.eval_path(run_id, group, attack), checkpoint.name,
+                        record["row"].get("checkpoint_sha", "not recorded"), sha)
+            todo.add(attack)
+    folder = store.eval_path(run_id, group, "x").parent
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.stem in requested or path.stem == "worst":
+            continue
+        try:
+            row = check_eval(read_json(path), path)["row"]
+        except StoreError as exc:
+            log.warning("damaged eval result set aside as %s: %s", set_aside(path, "damaged").name, exc)
+            continue
+        if not row_matches(row, sha, checkpoint, final):
+            log.warning("%s was computed on another %s: set aside as %s (evaluate it again with bench eval)",
+                        path, checkpoint.name, set_aside(path, "stale").name)
+    return todo
+
+
+def drop_mismatched_rows(store: Store, run_id: str) -> list[Path]:
+    """Check every stored row of a run against its checkpoint file (SHA-256, each file hashed once): damaged
+    or mismatched rows are set aside, with their group's worst row (derived from them). Returns what was set
+    aside. The runner calls it before DONE, so a finished cell never shows rows of a model it no longer has."""
+    run_dir = store.run_dir(run_id)
+    final = store.has(run_id, TRAINED)
+    shas: dict[str, str | None] = {}
+    moved: list[Path] = []
+    for folder in sorted((run_dir / "evals").glob("*")) if (run_dir / "evals").is_dir() else []:
+        bad = []
+        for path in sorted(folder.glob("*.json")):
+            if path.stem == "worst":
+                continue
+            try:
+                row = check_eval(read_json(path), path)["row"]
+            except StoreError as exc:
+                log.warning("%s", exc)
+                bad.append((path, "damaged"))
+                continue
+            ckpt = run_dir / f"{row.get('checkpoint')}.pt"
+            if row.get("checkpoint") not in shas:
+                shas[row.get("checkpoint")] = file_sha(ckpt) if ckpt.is_file() else None
+            sha = shas[row.get("checkpoint")]
+            is_final = final or checkpoint_epoch_number(str(row.get("checkpoint"))) is not None
+            if sha is not None and not row_matches(row, sha, ckpt, is_final):
+                bad.append((path, "stale"))
+        if bad and (folder / "worst.json").exists():
+            bad.append((folder / "worst.json", "stale"))
+        for path, why in bad:
+            moved.append(set_aside(path, why))
+            log.warning("set aside %s (%s: not a result of the run's current %s checkpoint)", path, why,
+                        folder.name.split("-")[0])
+    return moved
+
+
 def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, device: torch.device,
                  on_attack: Callable[[str, str, dict], None] | None = None) -> list[dict]:
-    """Run every (checkpoint, attack) of `ecfg` not yet stored for `run_id`; return all rows of the suite.
+    """Run every (checkpoint, attack) of `ecfg` not yet stored for `run_id` (or stored from another checkpoint
+    file: see the module docstring); return all rows of the suite.
 
-    Raises GuardFailure (train-mode model, inputs outside [0, 1]) or UsageError (impossible eps) before
-    anything is written for that checkpoint.
+    Raises GuardFailure (train-mode model, inputs outside [0, 1]) or UsageError (impossible eps, a checkpoint
+    that does not exist, `best`/`last` of a run whose training is not finished) before anything is written for
+    that checkpoint; StoreError (naming the file) when a stored file cannot be used.
     """
     config = store.config(run_id)
     train = config["train"]
+    trained = store.has(run_id, TRAINED)
+    unfinished = [c for c in ecfg.checkpoints if checkpoint_epoch_number(c) is None]
+    if not trained and unfinished:
+        raise UsageError(f"Run {run_id} has not finished training (no TRAINED marker): its {'/'.join(unfinished)} "
+                         "checkpoint is not its final model yet, so rows evaluated now would describe a model that "
+                         "training replaces. Finish it with `bench run`, or evaluate an epochN checkpoint it kept.")
     eps = resolve_eval_eps(train["dataset"], train["eps"], ecfg)
     history = store.history(run_id)
     prov = provenance(device)
@@ -117,15 +206,22 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
     for ckpt in ecfg.checkpoints:
         group = eval_group(ckpt, ecfg.threat_model, eps, len(y), ecfg.precision)
         ckpt_epoch = _checkpoint_epoch(history, ckpt)
+        path = store.run_dir(run_id) / f"{ckpt}.pt"
+        if not path.exists():
+            raise UsageError(f"Run {run_id} has no checkpoint '{ckpt}': an epoch checkpoint is kept only "
+                             f"when it is asked for before training (retrain with --force to get it).")
+        data = path.read_bytes()  # hashed once; the model is loaded from these very bytes
+        if (problem := check_torch_file(path, deep=True, data=data)) is not None:
+            raise problem  # before any stored row is judged against a file that is not a checkpoint
+        sha = file_sha(data=data)
+        todo = reconcile_group(store, run_id, group, ecfg.attacks, sha, path,
+                               trained or checkpoint_epoch_number(ckpt) is not None)
         model, model_guards = None, []
         for attack in ecfg.attacks:
-            if store.read_eval(run_id, group, attack) is not None:
+            if attack not in todo:
                 continue
             if model is None:
-                if not (store.run_dir(run_id) / f"{ckpt}.pt").exists():
-                    raise UsageError(f"Run {run_id} has no checkpoint '{ckpt}': an epoch checkpoint is kept only "
-                                     f"when it is asked for before training (retrain with --force to get it).")
-                model, _ = load_run(store.run_dir(run_id), ckpt, str(device))
+                model, _ = load_run(store.run_dir(run_id), ckpt, str(device), data=data)
                 model.requires_grad_(False)  # attacks need input gradients only
                 model_guards = check_model(model, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)
                 for g in model_guards:
@@ -135,25 +231,28 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
             t0 = time.perf_counter()
             outcome = run_eval_attack(model, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
                                       batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None,
-                                      allow_tf32=ecfg.precision == "tf32")
+                                      allow_tf32=ecfg.precision == "tf32", model_id=sha)
             guards = model_guards + [check_autoattack(outcome.warnings, attack in AA_NAMES)]
             extra = {**shared, **outcome.info, "eval_batch_size": ecfg.batch_size, "aa_resumed": outcome.resumed,
-                     **columns(guards)}
+                     "checkpoint_sha": sha, **columns(guards)}
             row = make_row(config, ckpt, ckpt_epoch, attack, outcome.flags.tolist(), eps, ecfg,
                            time.perf_counter() - t0, outcome.warnings, prov, extra)
             store.write_eval(run_id, group, attack, row, outcome.flags.tolist())
             state.unlink(missing_ok=True)
             if on_attack:
                 on_attack(ckpt, attack, row)
-        worst = write_worst(store, run_id, group, config, ckpt, ckpt_epoch, eps, ecfg, prov)
+        del data
+        worst = write_worst(store, run_id, group, config, ckpt, ckpt_epoch, eps, ecfg, prov, checkpoint_sha=sha)
         rows += [store.read_eval(run_id, group, a)["row"] for a in ecfg.attacks] + [worst]
     return rows
 
 
 def write_worst(store: Store, run_id: str, group: str, config: dict, ckpt: str, ckpt_epoch, eps: float,
-                ecfg: EvalConfig, prov: dict) -> dict:
+                ecfg: EvalConfig, prov: dict, checkpoint_sha: str | None = None) -> dict:
     """The per-example AND over every attack stored in `group` (natural included), plus the suite guards
-    (monotone, square), which are also written into every stored row of the group."""
+    (monotone, square), which are also written into every stored row of the group. `checkpoint_sha`: the
+    checkpoint file's (rows without it, accepted by the identity rule, get it too; a row of another file is
+    an error: reconcile_group sets those aside first)."""
     records = {}
     for path in sorted(store.eval_path(run_id, group, "x").parent.glob("*.json")):
         if path.stem != "worst":
@@ -163,12 +262,18 @@ def write_worst(store: Store, run_id: str, group: str, config: dict, ckpt: str, 
     if len(shas) > 1 or len({len(f) for f in flags_by.values()}) > 1:
         raise ValueError(f"Rows in {store.run_dir(run_id) / 'evals' / group} were computed on different test "
                          f"points ({', '.join(sorted(map(str, shas)))}): their per-example AND is meaningless.")
+    models = {r["row"].get("checkpoint_sha") for r in records.values()} - {None}
+    if len(models | ({checkpoint_sha} if checkpoint_sha and models else set())) > 1:
+        raise ValueError(f"Rows in {store.run_dir(run_id) / 'evals' / group} were computed on different "
+                         f"checkpoint files ({', '.join(sorted(models))}): their per-example AND is meaningless.")
     aa_warnings = [w for r in records.values() for w in r["row"].get("warnings", "").split(" | ") if w]
     suite = [check_monotone(flags_by, {a: EVAL_ATTACKS[a].strength for a in flags_by if a in EVAL_ATTACKS}),
              check_square(flags_by, WHITE_BOX, aa_warnings)]
     updated = []
     for attack, record in records.items():
         row = {**record["row"], **{f"guard_{g.name}": g.value for g in suite}}
+        if checkpoint_sha is not None:
+            row.setdefault("checkpoint_sha", checkpoint_sha)
         row["guards_flagged"] = ",".join(k[len("guard_"):] for k, v in row.items()
                                          if k.startswith("guard_") and str(v).startswith("flag"))
         if row != record["row"]:
@@ -179,6 +284,8 @@ def write_worst(store: Store, run_id: str, group: str, config: dict, ckpt: str, 
         flags = list(f) if flags is None else [a and b for a, b in zip(flags, f)]
     extra = {k: updated[0][k] for k in GROUP_COLUMNS if updated and k in updated[0]}
     extra.update(merge_columns(updated))
+    if checkpoint_sha is not None:
+        extra["checkpoint_sha"] = checkpoint_sha
     row = make_row(config, ckpt, ckpt_epoch, "worst", flags or [], eps, ecfg, 0.0, [], prov, extra)
     row["worst_of"] = ",".join(records)
     store.write_eval(run_id, group, "worst", row, flags or [])

@@ -7,6 +7,11 @@
   yields result rows; the other cells go on.
 - Every time a process works on a cell it appends to <run_dir>/attempts.json (pid, host, phase, start epoch):
   the record of who trained what, read by `bench status` and by the tests that prove nothing ran twice.
+- A damaged store is repaired, not skipped (`repair_run`, under the lock, before any work): a damaged eval
+  result is evaluated again, a damaged config.json rewritten, a damaged history.json rebuilt from the train
+  state, a damaged checkpoint or train state trained again from scratch. Damaged files are set aside as
+  <name>.damaged. A torch file a weights-only load refuses (a planted payload) is never loaded nor replaced:
+  the cell fails, naming it. Before DONE every stored row is checked against its checkpoint's SHA-256.
 """
 from __future__ import annotations
 
@@ -28,13 +33,13 @@ from filelock import FileLock, Timeout
 from bench.config import checkpoint_epoch_number
 from bench.config.catalog import DEFAULTS
 from bench.data import DataBundle, load_data
-from bench.evaluation.evaluate import evaluate_run
+from bench.evaluation.evaluate import drop_mismatched_rows, evaluate_run
 from bench.execution.progress import CellProgress, MatrixProgress
 from bench.execution.status import ATTEMPTS, is_complete  # noqa: F401
 from bench.config.matrix_cells import Cell
 from bench.config.preflight import data_key
 from bench.provenance import provenance
-from bench.store import DONE, FAILED, TRAINED, Store, read_json, write_json
+from bench.store import DONE, FAILED, TRAINED, Store, StoreError, inspect_run, read_json, set_aside, write_json
 from bench.training.loop import RuntimeOptions, train_run
 
 log = logging.getLogger(__name__)
@@ -64,10 +69,50 @@ def clean_temp_files(run_dir: Path) -> int:
 
 def record_attempt(run_dir: Path, phase: str, from_epoch: int) -> None:
     path = run_dir / ATTEMPTS
-    attempts = read_json(path) if path.exists() else []
+    attempts = read_json(path) if path.exists() else []  # repair_run set a damaged one aside
     attempts.append({"pid": os.getpid(), "host": socket.gethostname(), "phase": phase, "from_epoch": from_epoch,
                      "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     write_json(path, attempts)
+
+
+TRAIN_OUTPUTS = ("train_state.pt", "history.json", "best.pt", "last.pt")  # plus epoch<N>.pt
+
+
+def repair_run(store: Store, run_id: str, problems: list[StoreError] | None = None) -> list[str]:
+    """Make a run's damaged files redoable (see the module docstring); returns one line per repair. Raises the
+    StoreError of an unsafe torch file instead (never loaded, never replaced). Call it holding the lock."""
+    run_dir = store.run_dir(run_id)
+    problems = inspect_run(store, run_id, deep=True) if problems is None else problems
+    unsafe = [p for p in problems if p.kind == "unsafe"]
+    if unsafe:
+        raise unsafe[0]
+    done, retrain = [], False
+    for p in problems:
+        if p.kind == "stale":  # the evaluation re-evaluates (or sets aside) rows of another checkpoint
+            continue
+        if p.path.exists():
+            set_aside(p.path, "damaged")
+        rel = p.path.relative_to(run_dir) if p.path.is_relative_to(run_dir) else p.path
+        if p.path.suffix == ".pt":
+            retrain = True
+            done.append(f"{rel}: {p.reason}: training again from scratch")
+        elif p.path.name == "history.json":
+            store.clear(run_id, TRAINED)  # train_run resumes from train_state.pt and rewrites history.json
+            done.append(f"{rel}: {p.reason}: rebuilt from the train state")
+        elif p.path.parent.parent.name == "evals":
+            worst = p.path.with_name("worst.json")
+            if worst.exists() and p.path != worst:  # derived from the damaged row
+                set_aside(worst, "stale")
+            done.append(f"{rel}: {p.reason}: evaluated again")
+        else:
+            done.append(f"{rel}: {p.reason}: written again")
+    if retrain:
+        for path in [run_dir / n for n in TRAIN_OUTPUTS] + sorted(run_dir.glob("epoch*.pt")):
+            path.unlink(missing_ok=True)
+        store.clear(run_id, TRAINED)
+    if done:
+        store.clear(run_id, DONE)
+    return done
 
 
 class Runner:
@@ -100,23 +145,16 @@ class Runner:
                 shutil.rmtree(run_dir)
             if clean_temp_files(run_dir):
                 log.info("%s: removed temporary files of an interrupted write", cell.label)
-            self.store.clear(run_id, FAILED)
-            self.store.clear(run_id, DONE)
-            trained = self.store.has(run_id, TRAINED)
-            record_attempt(run_dir, "evaluate" if trained else "train", len(self.store.history(run_id)))
-            if not (run_dir / "config.json").exists():
-                write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(),
-                                                     "provenance": provenance(self.device)})
-            progress = CellProgress(cell.label, cell.train.epochs)
+            for line in repair_run(self.store, run_id):
+                log.warning("%s: damaged store file %s", cell.label, line)
             try:
-                if not trained:
-                    keep = tuple(n for c in cell.eval.checkpoints if (n := checkpoint_epoch_number(c)))
-                    runtime = dataclasses.replace(self.runtime, keep_epochs=keep)
-                    train_run(cell.train, data, run_dir, self.device, progress.callbacks(), runtime)
-                    self.store.mark(run_id, TRAINED, {"seconds": time.perf_counter() - t0})
-                evaluate_run(self.store, run_id, cell.eval, data.test, self.device, progress.on_attack)
-            finally:
-                progress.close()
+                self._work(cell, data, t0)
+            except StoreError as exc:  # damage only a load finds (e.g. a whole zip that is not a state dict)
+                if exc.kind != "damaged" or not exc.path.is_relative_to(run_dir):
+                    raise
+                for line in repair_run(self.store, run_id, [exc]):
+                    log.warning("%s: damaged store file %s", cell.label, line)
+                self._work(cell, data, t0)
             self.store.mark(run_id, DONE, {"seconds": time.perf_counter() - t0})
             return CellOutcome(cell, "done", time.perf_counter() - t0)
         except Exception as exc:  # a failed cell is recorded and the matrix goes on
@@ -126,6 +164,28 @@ class Runner:
             return CellOutcome(cell, "failed", time.perf_counter() - t0, reason)
         finally:
             lock.release()
+
+    def _work(self, cell: Cell, data: DataBundle, t0: float) -> None:
+        """Train what is missing, evaluate what is missing, check every row against its checkpoint."""
+        run_id, run_dir = cell.train.run_id, self.store.run_dir(cell.train.run_id)
+        self.store.clear(run_id, FAILED)
+        self.store.clear(run_id, DONE)
+        trained = self.store.has(run_id, TRAINED)
+        record_attempt(run_dir, "evaluate" if trained else "train", len(self.store.history(run_id)))
+        if not (run_dir / "config.json").exists():
+            write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(),
+                                                 "provenance": provenance(self.device)})
+        progress = CellProgress(cell.label, cell.train.epochs)
+        try:
+            if not trained:
+                keep = tuple(n for c in cell.eval.checkpoints if (n := checkpoint_epoch_number(c)))
+                runtime = dataclasses.replace(self.runtime, keep_epochs=keep)
+                train_run(cell.train, data, run_dir, self.device, progress.callbacks(), runtime)
+                self.store.mark(run_id, TRAINED, {"seconds": time.perf_counter() - t0})
+            evaluate_run(self.store, run_id, cell.eval, data.test, self.device, progress.on_attack)
+            drop_mismatched_rows(self.store, run_id)
+        finally:
+            progress.close()
 
     def run(self, cells: list[Cell], force: bool = False, progress: MatrixProgress | None = None) -> list[CellOutcome]:
         """The cells one after another in this process (the local executor)."""

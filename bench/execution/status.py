@@ -1,4 +1,5 @@
-"""Where every cell stands: finished, running (its lock is held), failed (with the reason) or pending.
+"""Where every cell stands: finished, running (its lock is held), failed (with the reason), pending, or damaged
+(a stored file is truncated, garbled or refused: the file and the reason; `bench run` repairs it).
 
 Read from the store and the lock files only; torch is never imported, so `bench status` is instant. A lock is
 probed by trying it without waiting: flock locks die with their process, so a crashed run never looks
@@ -12,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from filelock import FileLock, Timeout
 
-from bench.store import DONE, FAILED, TRAINED, Store, eval_group, read_json
+from bench.store import DONE, FAILED, TRAINED, Store, StoreError, eval_group, inspect_run, read_json
 
 if TYPE_CHECKING:
     from bench.config.matrix_cells import Cell
 
-State = Literal["finished", "running", "failed", "pending"]
-STATES: tuple[State, ...] = ("finished", "running", "failed", "pending")
+State = Literal["finished", "running", "failed", "pending", "damaged"]
+STATES: tuple[State, ...] = ("finished", "running", "failed", "pending", "damaged")
 ATTEMPTS = "attempts.json"  # one entry per time a process took the cell's lock to work on it
 
 
@@ -35,11 +36,15 @@ def lock_held(store: Store, run_id: str) -> bool:
     return False
 
 
-def is_complete(store: Store, cell: Cell, n_test: int | None = None) -> bool:
-    """DONE written and every (checkpoint, attack) of the cell's eval suite stored. `n_test`: the number of
-    test points once the data is loaded (the whole test set, or fewer than --test-subset asked for)."""
+def is_complete(store: Store, cell: Cell, n_test: int | None = None,
+                problems: list[StoreError] | None = None) -> bool:
+    """DONE written, every (checkpoint, attack) of the cell's eval suite stored, and no stored file damaged or
+    stale (`problems`: inspect_run's, when already known). `n_test`: the number of test points once the data
+    is loaded (the whole test set, or fewer than --test-subset asked for)."""
     run_id = cell.train.run_id
     if not store.has(run_id, DONE):
+        return False
+    if (inspect_run(store, run_id) if problems is None else problems):
         return False
     eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
     n = n_test if n_test is not None else cell.eval.test_subset
@@ -62,7 +67,7 @@ class CellStatus:
 def _label(store: Store, run_id: str) -> str:
     try:
         t = store.config(run_id)["train"]
-    except (OSError, ValueError, KeyError):
+    except (StoreError, KeyError, TypeError):
         return f"? [{run_id}]"
     return f"{t['method']}/{t['train_attack']} {t['dataset']}/{t['model']} seed {t['seed']} [{run_id}]"
 
@@ -70,7 +75,7 @@ def _label(store: Store, run_id: str) -> str:
 def _read_list(path: Path) -> list:
     try:
         value = read_json(path)
-    except (OSError, ValueError):
+    except StoreError:
         return []
     return value if isinstance(value, list) else []
 
@@ -90,14 +95,25 @@ def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int
 
     if lock_held(store, run_id):
         return status("running", f"lock held; {progress}")
-    if store.has(run_id, DONE) and (cell is None or is_complete(store, cell, n_test)):
+    problems = inspect_run(store, run_id)
+    damaged = [p for p in problems if p.kind != "stale"]
+    if damaged:
+        first = damaged[0]
+        more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        name = first.path.relative_to(run_dir) if first.path.is_relative_to(run_dir) else first.path
+        return status("damaged", f"{name}: {first.reason}{more}")
+    if store.has(run_id, DONE) and not problems and (cell is None or is_complete(store, cell, n_test, problems)):
         return status("finished", "")
     if store.has(run_id, FAILED):
         try:
             reason = read_json(run_dir / FAILED).get("reason", "?")
-        except (OSError, ValueError):
+        except (StoreError, AttributeError):
             reason = "FAILED marker unreadable"
         return status("failed", reason)
+    if store.has(run_id, DONE) and problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return status("pending", f"stale evaluation {problems[0].path.relative_to(run_dir)}: "
+                                 f"{problems[0].reason}{more}")
     if store.has(run_id, DONE):
         return status("pending", "evaluation of new attacks missing")
     if not run_dir.exists():
@@ -124,4 +140,6 @@ def format_table(rows: list[CellStatus], extra: dict[str, list[str]] | None = No
 
 
 def counts(rows: list[CellStatus]) -> str:
-    return ", ".join(f"{sum(r.state == st for r in rows)} {st}" for st in STATES)
+    """'N finished, N running, N failed, N pending', then ', N damaged' when any is."""
+    return ", ".join(f"{sum(r.state == st for r in rows)} {st}" for st in STATES
+                     if st != "damaged" or any(r.state == st for r in rows))

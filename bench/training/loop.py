@@ -6,6 +6,7 @@ the best checkpoint (by validation PGD accuracy) and a full training state for r
 """
 from __future__ import annotations
 
+import io
 import math
 import random
 import time
@@ -21,7 +22,7 @@ from bench.attacks.pgd import PGD
 from bench.config import TrainConfig
 from bench.data import DataBundle, Split, augment_batch, to_float
 from bench.models import build_model
-from bench.store import atomic_path, write_json
+from bench.store import StoreError, atomic_path, load_torch, write_json
 from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
 from methods import StepContext, build_method
 
@@ -101,23 +102,59 @@ def accuracy_flags(model: torch.nn.Module, split: Split, device: torch.device, a
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG stream as tensors and plain lists: train_state.pt then loads with weights_only=True."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {"torch": torch.get_rng_state(),
+             "python": [version, list(internal), gauss],
+             "numpy": {"bit_generator": np_state["bit_generator"],
+                       "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        np.random.set_state({"bit_generator": npst["bit_generator"], "has_gauss": npst["has_gauss"],
+                             "gauss": npst["gauss"], "state": {"key": npst["key"].numpy().astype(np.uint32),
+                                                               "pos": npst["pos"]}})
+    else:  # a train state written before the plain format: numpy's legacy tuple
+        np.random.set_state(npst)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _legacy_state_globals() -> list:
+    """The numpy globals of train states written before RNG states were plain (resumed as they are)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """train_state.pt, loaded with weights_only=True; StoreError (naming the file) if it is damaged, refused,
+    or lacks what a resume needs."""
+    with torch.serialization.safe_globals(_legacy_state_globals()):
+        state = load_torch(path)
+    keys = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "best")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise StoreError(path, "not a training state (model, optimizer, scheduler, rng, epoch, history, best)")
+    return state
+
+
 def save_torch(obj: Any, path: Path) -> None:
+    """torch.save, atomically. Serialised in memory first: the archive is then named "archive", not after the
+    random temporary file, so equal tensors give byte-equal files (and equal `checkpoint_sha` in eval rows)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.device,
@@ -141,12 +178,17 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
     state_path = run_dir / "train_state.pt"
     if state_path.exists():
         # On the CPU: RNG states must be CPU tensors; load_state_dict moves weights and buffers to the device.
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        state = load_train_state(state_path)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            raise StoreError(state_path, f"does not fit this run ({type(exc).__name__}: "
+                                         f"{str(exc).splitlines()[0][:200]})") from None
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
+        write_json(run_dir / "history.json", history)  # the state's history is the truth (repairs history.json)
 
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     n = len(train_y)
