@@ -113,14 +113,16 @@ def test_autoattack_resumes_where_it_stopped(linear, tmp_path):
     args = (x, y, ("apgd-ce", "apgd-t"), 0.12, "linf", 0, 2)
     log = logging.getLogger("test")
     full = Interrupt(model).eval()
-    expected, _ = _run_autoattack(full, *args, None, log)
+    expected, _, seconds = _run_autoattack(full, *args, None, log)
+    assert set(seconds) == {"apgd-ce", "apgd-t"} and all(v >= 0 for v in seconds.values())
     state = tmp_path / "aa.state"
     with pytest.raises(KeyboardInterrupt):
         _run_autoattack(Interrupt(model, after=full.calls * 2 // 3).eval(), *args, state, log)
     assert state.exists()
     rest = Interrupt(model).eval()
-    flags, resumed = _run_autoattack(rest, *args, state, log)
+    flags, resumed, resumed_seconds = _run_autoattack(rest, *args, state, log)
     assert resumed and torch.equal(flags, expected)
+    assert set(resumed_seconds) == {"apgd-ce", "apgd-t"}  # the interrupted attempt's seconds are kept
     assert 0 < expected.sum() < len(y)
     assert rest.calls < full.calls * 2 // 3  # it continued; it did not start over
     other = (x, y, ("apgd-ce", "apgd-t"), 0.13, "linf", 0, 2)  # another eps: the state is stale, not used
@@ -146,7 +148,8 @@ def test_caller_rng_and_tf32_flags_are_untouched(points):
         out = run_eval_attack(model, x, y, "apgd-ce", eps=0.004)
         assert torch.equal(torch.rand(3), expected)
         assert torch.backends.cuda.matmul.allow_tf32 is True
-        assert out.info == {"eval_precision": "fp32", "eval_tf32": False}
+        assert {k: out.info[k] for k in ("eval_precision", "eval_tf32")} == {"eval_precision": "fp32", "eval_tf32": False}
+        assert out.info["aa_component_seconds"].startswith("apgd-ce=")  # where AutoAttack's time went
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from collections import Counter
 
 import click
@@ -72,11 +73,13 @@ def _resolve_runs(store, run_ids: tuple[str, ...], ckpts: tuple[str, ...] = ("be
 @eval_batch_size_option()
 @eval_precision_option(help="fp32 with TF32 off (reported numbers), or tf32 (faster on GPUs; its own eval group).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Runs evaluated at once, each in its own process with an equal share of the CPU threads.")
 @data_dir_option
 @device_option
 @usage_errors
 def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size,
-                 eval_precision, seed, data_dir, device):
+                 eval_precision, seed, workers, data_dir, device):
     """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
     store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
     AutoAttack resumes from its state file. Rows record their checkpoint file's SHA-256 and are reused only on
@@ -89,8 +92,6 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
       bench eval --results results --eval-attacks fgsm,apgd-ce,apgd-t,fab-t,square
       bench eval 3f2a9c1b --eval-attacks natural,aa --threat-model l2 --eps 1.5
     """
-    from pathlib import Path
-
     from bench.config import EvalConfig, parse_checkpoint, parse_eps
     from bench.config.limits import MAX_SEED
     from bench.config.preflight import check_writable_dir
@@ -140,59 +141,96 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
                                                     batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
                                                     precision=eval_precision)))
-    _evaluate(store, jobs, data_dir, device, damaged)
+    _evaluate(store, jobs, data_dir, device, damaged, workers)
 
 
-def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | None = None) -> None:
+def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, device: str, index: str,
+                  threads: int | None = None) -> tuple[str, object]:
+    """One run's evaluation, in this process or a worker's: ("done", rows), or ("refused" | "busy" |
+    "damaged", reason). Guards, locks and damaged files stay this run's business; the others go on."""
     from filelock import FileLock, Timeout
 
     from bench.data import load_data
     from bench.evaluation.evaluate import evaluate_run, resolve_eval_eps
     from bench.evaluation.guards import GuardFailure
     from bench.provenance import resolve_device
-    from bench.store import StoreError
+    from bench.store import Store, StoreError
 
+    if threads is not None:  # a worker process: its share of the cores
+        import torch
+
+        torch.set_num_threads(threads)
+    store, t = Store(results), config["train"]
+    label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
+    test = _load_test(t, ecfg.test_subset, data_dir, load_data)
+    eps = resolve_eval_eps(t["dataset"], t["eps"], ecfg)
+    click.echo(f"run {index}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
+               f"{len(test)} points", err=True)
+
+    def progress(ckpt, attack, row):
+        flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
+        click.echo(f"  {run_id} {ckpt}/{attack}: {row['accuracy']:.4f} on {row['n_eval']} points "
+                   f"({row['eval_seconds']:.1f}s){flagged}", err=True)
+
+    lock = FileLock(store.lock_path(run_id))  # the runner's per-cell lock: one writer per run
+    store.lock_path(run_id).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=DEFAULTS.lock_wait_s)  # as the runner: a `bench status` probe must not skip us
+    except Timeout:
+        click.echo(f"  BUSY {label}: another process holds its lock; left alone", err=True)
+        return "busy", "another process holds its lock"
+    try:
+        return "done", evaluate_run(store, run_id, ecfg, test, resolve_device(device), progress)
+    except GuardFailure as exc:
+        click.echo(f"  REFUSED {label}: {exc}", err=True)
+        return "refused", str(exc)
+    except StoreError as exc:  # a damaged or refused stored file: this run only, named at the end
+        click.echo(f"  DAMAGED {label}: {exc}", err=True)
+        return "damaged", str(exc)
+    finally:
+        lock.release()
+
+
+_TEST_SPLITS: dict[tuple, object] = {}  # per process: runs of one setting share their test split
+
+
+def _load_test(t: dict, test_subset, data_dir, load_data):
+    key = (t["dataset"], t["val_size"], t["train_subset"], test_subset)
+    if key not in _TEST_SPLITS:
+        _TEST_SPLITS[key] = load_data(t["dataset"], val_size=t["val_size"], train_subset=t["train_subset"],
+                                      test_subset=test_subset, data_dir=data_dir).test
+    return _TEST_SPLITS[key]
+
+
+def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | None = None, workers: int = 1) -> None:
+    """Every job, one after another, or `workers` runs at once in spawned processes with an equal share of the
+    CPU threads (AutoAttack on a small model leaves threads waiting on each other: two one-thread processes
+    use two cores better)."""
     damaged = list(damaged or [])
-    dev = resolve_device(device)
-    cache, refused, busy, summary = {}, [], [], []
-    for i, (run_id, config, ecfg) in enumerate(jobs, 1):
-        t = config["train"]
-        label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
-        key = (t["dataset"], t["val_size"], t["train_subset"], ecfg.test_subset)
-        if key not in cache:
-            cache[key] = load_data(t["dataset"], val_size=t["val_size"], train_subset=t["train_subset"],
-                                   test_subset=ecfg.test_subset, data_dir=data_dir).test
-        test = cache[key]
-        eps = resolve_eval_eps(t["dataset"], t["eps"], ecfg)
-        click.echo(f"run {i}/{len(jobs)}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
-                   f"{len(test)} points", err=True)
+    results = str(Path(store.root).absolute())
+    args = [(results, run_id, config, ecfg, data_dir, device, f"{i}/{len(jobs)}")
+            for i, (run_id, config, ecfg) in enumerate(jobs, 1)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
 
-        def progress(ckpt, attack, row, label=label):
-            flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
-            click.echo(f"  {ckpt}/{attack}: {row['accuracy']:.4f} on {row['n_eval']} points "
-                       f"({row['eval_seconds']:.1f}s){flagged}", err=True)
-
-        lock = FileLock(store.lock_path(run_id))  # the runner's per-cell lock: one writer per run
-        store.lock_path(run_id).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=DEFAULTS.lock_wait_s)  # as the runner: a `bench status` probe must not skip us
-        except Timeout:
-            click.echo(f"  BUSY {label}: another process holds its lock; left alone", err=True)
-            busy.append(run_id)
-            continue
-        try:
-            rows = evaluate_run(store, run_id, ecfg, test, dev, progress)
-        except GuardFailure as exc:
-            click.echo(f"  REFUSED {label}: {exc}", err=True)
-            refused.append(run_id)
-            continue
-        except StoreError as exc:  # a damaged or refused stored file: this run only, named at the end
-            click.echo(f"  DAMAGED {label}: {exc}", err=True)
-            damaged.append((run_id, str(exc)))
-            continue
-        finally:
-            lock.release()
-        summary += [r for r in rows if r["eval_attack"] in ecfg.attacks + ("worst",)]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(_evaluate_job, *zip(*args), [threads] * len(args)))
+    else:
+        outcomes = [_evaluate_job(*a) for a in args]
+    refused, busy, summary = [], [], []
+    for (run_id, _, ecfg), (status, value) in zip(jobs, outcomes):
+        if status == "done":
+            summary += [r for r in value if r["eval_attack"] in ecfg.attacks + ("worst",)]
+        else:
+            if status == "refused":
+                refused.append(run_id)
+            elif status == "busy":
+                busy.append(run_id)
+            else:
+                damaged.append((run_id, value))
     _print_summary(summary)
     for run_id, why in dict.fromkeys(damaged):
         click.echo(f"damaged: run {run_id}: {why}", err=True)

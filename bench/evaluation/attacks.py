@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,8 +118,9 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat_model: str, seed: int,
                     batch_size: int, state_path: Path | None, logger: logging.Logger,
-                    model_id: str | None = None) -> tuple[torch.Tensor, bool]:
-    """AutoAttack's composition, component by component over the still-robust points, resumable per batch."""
+                    model_id: str | None = None) -> tuple[torch.Tensor, bool, dict[str, float]]:
+    """AutoAttack's composition, component by component over the still-robust points, resumable per batch.
+    Returns the flags, whether a state was resumed, and each component's seconds (summed over resumes)."""
     from pyautoattack import AutoAttack, checks
 
     key = {"components": list(components), "eps": eps, "norm": threat_model, "seed": seed,
@@ -159,12 +161,15 @@ def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat
         start = torch.tensor(decode_flags(state["start"]), dtype=torch.bool, device=x.device)
         idx = torch.nonzero(start).flatten()
         adversary.attacks_to_run = [comp]  # the component with the standard version's settings
+        seconds = state.setdefault("seconds", {})
         for b, (lo, hi) in enumerate(_batches(len(idx), batch_size)):
             if b < state["batches_done"]:
                 continue
             sel = idx[lo:hi]
+            t0 = time.perf_counter()
             _, y_adv = adversary.run_standard_evaluation(x[sel], y[sel], batch_size=len(sel))
             flags[sel] &= y_adv.to(y.device) == y[sel]
+            seconds[comp] = seconds.get(comp, 0.0) + time.perf_counter() - t0
             state["batches_done"] = b + 1
             save()
         state["done"].append(comp)
@@ -172,7 +177,7 @@ def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat
         save()
         log.info("AutoAttack %s done: robust accuracy %.4f on %d points", comp, state["acc"][comp], len(y))
     checks.check_square_sr(state["acc"], logger=logger)  # AutoAttack's own check, on the cumulative accuracies
-    return flags, resumed
+    return flags, resumed, state.get("seconds", {})
 
 
 @contextlib.contextmanager
@@ -206,7 +211,7 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
     aa_logger.propagate = False  # its warnings repeat per batch; they come back once, in the row
     aa_logger.addHandler(collector)
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    resumed = False
+    resumed, component_seconds = False, {}
     try:
         with torch.random.fork_rng(devices=devices), fp32_precision(allow_tf32):
             torch.manual_seed(seed)
@@ -216,8 +221,8 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
                 flags = run_attack_flags(model, x, y, build_pgd(name, eps, threat_model), batch_size)
             else:
                 components = AA_COMPONENTS if name == "aa" else (name,)
-                flags, resumed = _run_autoattack(model, x, y, components, eps, threat_model, seed, batch_size,
-                                                 state_path, aa_logger, model_id)
+                flags, resumed, component_seconds = _run_autoattack(
+                    model, x, y, components, eps, threat_model, seed, batch_size, state_path, aa_logger, model_id)
     finally:
         aa_logger.removeHandler(collector)
         aa_logger.setLevel(old_level)
@@ -226,4 +231,7 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
     for w in warnings:
         log.warning("AutoAttack check (%s): %s", name, w)
     info = {"eval_precision": "tf32" if allow_tf32 else "fp32", "eval_tf32": allow_tf32}
+    if component_seconds:  # where AutoAttack's time went, e.g. "apgd-ce=2.7;apgd-t=19.9;fab-t=44.3;square=59.3"
+        info["aa_component_seconds"] = ";".join(f"{c}={component_seconds[c]:.1f}" for c in components
+                                                if c in component_seconds)
     return EvalOutcome(flags.bool().cpu(), warnings, resumed, info)
