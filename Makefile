@@ -10,9 +10,9 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # subset of its own (its cost grows with the points it still has to break); the report keeps the two apart.
 DEMO_RESULTS ?= results
 DEMO_REPORTS ?= reports
-DEMO_TRAIN   ?= --methods at,irat,lrat --train-attack pgd --train-subset 4096 --epochs 8 --checkpoints best
-DEMO_RUN     = bench run $(DEMO_TRAIN) --test-subset 1000 --eval-attacks natural,pgd20,cw20 --workers 2 --results $(DEMO_RESULTS)
-DEMO_EVAL    = bench eval --test-subset 100 --eval-attacks natural,pgd20,cw20,aa --checkpoint best --workers 2 --results $(DEMO_RESULTS)
+DEMO_TRAIN   ?= --methods at,irat,lrat --train-attack pgd --train-subset 2048 --epochs 6 --checkpoints best
+DEMO_RUN     = bench run $(DEMO_TRAIN) --test-subset 1000 --eval-attacks natural,pgd20,cw20 --results $(DEMO_RESULTS)
+DEMO_EVAL    = bench eval --test-subset 50 --eval-attacks natural,pgd20,cw20,aa --checkpoint best --workers 2 --results $(DEMO_RESULTS)
 DEMO_REPORT  = bench report --results $(DEMO_RESULTS) --out $(DEMO_REPORTS)
 
 .PHONY: demo demo-commands test install data clean
