@@ -157,10 +157,22 @@ def save_torch(obj: Any, path: Path) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
-def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.device,
-              callbacks: Callbacks | None = None, runtime: RuntimeOptions = RuntimeOptions()) -> list[dict[str, Any]]:
-    """Train (or resume) one cell; returns the per-epoch history. Raises NonFiniteLoss on NaN/inf."""
-    cb = callbacks or Callbacks()
+@dataclass
+class _Training:
+    """What one cell's training holds: the model (and its compiled twin), the optimiser and schedule, the
+    method, the training attacks and the validation attack."""
+
+    model: torch.nn.Module
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    method: Any
+    attacks: tuple
+    val_attack: PGD
+    memory_format: torch.memory_format
+
+
+def _build(cfg: TrainConfig, data: DataBundle, device: torch.device, runtime: RuntimeOptions) -> _Training:
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     seed_everything(cfg.seed)
     tune_for(device)
@@ -170,88 +182,104 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
     step_model = torch.compile(model) if runtime.compile else model  # shares parameters with `model`
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(cfg), gamma=cfg.lr_gamma)
-    method = build_method(cfg.method, cfg.method_params)
-    attacks = build_train_attacks(cfg)
-    val_attack = PGD(cfg.eps, steps=10, step_size=cfg.eps / 4)
+    return _Training(model, step_model, optimizer, scheduler, build_method(cfg.method, cfg.method_params),
+                     build_train_attacks(cfg), PGD(cfg.eps, steps=10, step_size=cfg.eps / 4), memory_format)
 
-    start_epoch, history, best = 0, [], -1.0
+
+def _resume(t: _Training, run_dir: Path) -> tuple[int, list[dict[str, Any]], float]:
+    """(first epoch to train, history, best validation PGD accuracy) from train_state.pt, or a fresh start."""
     state_path = run_dir / "train_state.pt"
-    if state_path.exists():
-        # On the CPU: RNG states must be CPU tensors; load_state_dict moves weights and buffers to the device.
-        state = load_train_state(state_path)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            raise StoreError(state_path, f"does not fit this run ({type(exc).__name__}: "
-                                         f"{str(exc).splitlines()[0][:200]})") from None
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        write_json(run_dir / "history.json", history)  # the state's history is the truth (repairs history.json)
+    if not state_path.exists():
+        return 0, [], -1.0
+    # On the CPU: RNG states must be CPU tensors; load_state_dict moves weights and buffers to the device.
+    state = load_train_state(state_path)
+    try:
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise StoreError(state_path, f"does not fit this run ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200]})") from None
+    write_json(run_dir / "history.json", state["history"])  # the state's history is the truth (repairs history.json)
+    return state["epoch"], state["history"], state["best"]
 
-    train_x, train_y = data.train.x.to(device), data.train.y.to(device)
+
+def _train_epoch(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepContext, cb: Callbacks,
+                 device: torch.device) -> dict[str, Any]:
+    """One pass over the shuffled training set: the summed loss, the weights applied, the methods' stats."""
     n = len(train_y)
     n_batches = math.ceil(n / cfg.batch_size)
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.epoch)).to(device)
+    loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
+    relative: list[torch.Tensor] = []
+    stat_sums: dict[str, torch.Tensor] = {}
+    t.model.train()
+    for b in range(n_batches):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        x, y = to_float(train_x[idx]), train_y[idx]
+        if cfg.augment:
+            x = augment_batch(x)
+        x = x.contiguous(memory_format=t.memory_format)
+        with autocast(device, cfg.precision):
+            out = t.method.loss(t.step_model, x, y, ctx)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss = out.backward()
+        t.optimizer.step()
+        # Summed on the device: reading a loss back stalls a GPU, so it is read once per SYNC_EVERY batches.
+        loss_sum += loss.double() * len(y)
+        if out.weights is not None:
+            weights.append(out.weights.float())
+        if out.relative_weights is not None:
+            relative.append(out.relative_weights.float())
+        for key, value in out.stats.items():
+            stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
+        if (b + 1) % sync_every == 0 or b + 1 == n_batches:
+            if not torch.isfinite(loss_sum):
+                raise NonFiniteLoss(f"loss is {loss.item()} at epoch {ctx.epoch + 1}, batch {b + 1}")
+            shown_loss = loss.item()
+        if cb.on_batch:
+            cb.on_batch(ctx.epoch, b, n_batches, shown_loss)
+    return {"train_loss": loss_sum.item() / n, "reweighting": bool(weights), **weight_stats(weights),
+            **weight_stats(relative, "rw", REL_HIST_EDGES), **{k: v.item() / n for k, v in stat_sums.items()}}
+
+
+def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.device,
+              callbacks: Callbacks | None = None, runtime: RuntimeOptions = RuntimeOptions()) -> list[dict[str, Any]]:
+    """Train (or resume) one cell; returns the per-epoch history. Raises NonFiniteLoss on NaN/inf."""
+    cb = callbacks or Callbacks()
+    t = _build(cfg, data, device, runtime)
+    start_epoch, history, best = _resume(t, run_dir)
+    train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        ctx = StepContext(attacks=attacks, attack_names=cfg.attack_names, epoch=epoch, epochs=cfg.epochs,
+        ctx = StepContext(attacks=t.attacks, attack_names=cfg.attack_names, epoch=epoch, epochs=cfg.epochs,
                           bn_mode=cfg.attack_bn_mode, make_attack=lambda name: TRAIN_ATTACKS[name].build(cfg))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
-        loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
-        relative: list[torch.Tensor] = []
-        stat_sums: dict[str, torch.Tensor] = {}
-        model.train()
-        for b in range(n_batches):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = to_float(train_x[idx]), train_y[idx]
-            if cfg.augment:
-                x = augment_batch(x)
-            x = x.contiguous(memory_format=memory_format)
-            with autocast(device, cfg.precision):
-                out = method.loss(step_model, x, y, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            loss = out.backward()
-            optimizer.step()
-            # Summed on the device: reading a loss back stalls a GPU, so it is read once per SYNC_EVERY batches.
-            loss_sum += loss.double() * len(y)
-            if out.weights is not None:
-                weights.append(out.weights.float())
-            if out.relative_weights is not None:
-                relative.append(out.relative_weights.float())
-            for key, value in out.stats.items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
-            if (b + 1) % sync_every == 0 or b + 1 == n_batches:
-                if not torch.isfinite(loss_sum):
-                    raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1}")
-                shown_loss = loss.item()
-            if cb.on_batch:
-                cb.on_batch(epoch, b, n_batches, shown_loss)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        trained = _train_epoch(cfg, t, train_x, train_y, ctx, cb, device)
+        lr = t.optimizer.param_groups[0]["lr"]
+        t.scheduler.step()
         train_s = time.perf_counter() - t0
-        val_nat = accuracy_flags(model, data.val, device).float().mean().item()
-        val_pgd = accuracy_flags(model, data.val, device, val_attack).float().mean().item()
-        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / n, "val_natural": val_nat,
+        val_nat = accuracy_flags(t.model, data.val, device).float().mean().item()
+        val_pgd = accuracy_flags(t.model, data.val, device, t.val_attack).float().mean().item()
+        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": trained.pop("train_loss"), "val_natural": val_nat,
                  "val_pgd": val_pgd, "train_seconds": train_s, "seconds": time.perf_counter() - t0,
-                 "reweighting": bool(weights), "channels_last": runtime.channels_last, "compile": runtime.compile,
-                 **weight_stats(weights), **weight_stats(relative, "rw", REL_HIST_EDGES),
-                 **{k: v.item() / n for k, v in stat_sums.items()}}
+                 "reweighting": trained.pop("reweighting"), "channels_last": runtime.channels_last,
+                 "compile": runtime.compile, **trained}
         history.append(entry)
         if val_pgd > best:
             best = val_pgd
             entry["best"] = True
-            save_torch(model.state_dict(), run_dir / "best.pt")
+            save_torch(t.model.state_dict(), run_dir / "best.pt")
         if epoch + 1 in runtime.keep_epochs:
-            save_torch(model.state_dict(), run_dir / f"epoch{epoch + 1}.pt")
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
-                    "history": history, "best": best}, state_path)
+            save_torch(t.model.state_dict(), run_dir / f"epoch{epoch + 1}.pt")
+        save_torch({"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                    "scheduler": t.scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
+                    "history": history, "best": best}, run_dir / "train_state.pt")
         write_json(run_dir / "history.json", history)
         if cb.on_epoch:
             cb.on_epoch(entry)
-    save_torch(model.state_dict(), run_dir / "last.pt")
+    save_torch(t.model.state_dict(), run_dir / "last.pt")
     if not (run_dir / "best.pt").exists():  # zero epochs: best is the initial model
-        save_torch(model.state_dict(), run_dir / "best.pt")
+        save_torch(t.model.state_dict(), run_dir / "best.pt")
     return history
