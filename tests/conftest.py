@@ -5,14 +5,18 @@ helper function (`add_run`, `paper_store`, ...): test files share them through h
 one another."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from support import CFG, TinyNet
+from support import CFG, SEEDS, SMALL, TinyNet, invoke
 
 from bench.data import load_data, to_float
 from bench.models import build_model
+from bench.store import Store
 
 
 @pytest.fixture
@@ -181,3 +185,21 @@ def trained_state():
         opt.step()
     torch.set_num_threads(threads)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A store with two finished in-process SMALL cells (seeds 0 and 1), built once; tests copy it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = tmp_path_factory.mktemp("finished") / "results"
+    res = invoke(*SMALL, *SEEDS, "--results", str(results))
+    torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    return results
+
+
+@pytest.fixture
+def store_copy(finished, tmp_path, one_thread) -> Store:
+    shutil.copytree(finished, tmp_path / "results")
+    return Store(tmp_path / "results")

@@ -2,11 +2,22 @@
 context. Test files import them from here (never from one another); fixtures live in conftest.py."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+from click.testing import CliRunner
 
 from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
+from bench.cli import main
 from bench.config import EvalConfig, TrainConfig
+from bench.execution.status import ATTEMPTS
 from bench.store import DONE, TRAINED, Store, write_json
 from methods import StepContext
 
@@ -77,3 +88,86 @@ def write_run(root, state, cfg: TrainConfig = CFG) -> tuple[Store, str]:
     store.mark(cfg.run_id, TRAINED)
     store.mark(cfg.run_id, DONE)
     return store, cfg.run_id
+
+
+# ---- real `bench` processes and store snapshots (tests/test_fault_injection.py, test_checkpoint_identity.py) ----
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# What differs between two runs of the same cell by design: when, how long, which commit (other work may land).
+VOLATILE = {"seconds", "train_seconds", "eval_seconds", "created_at", "started_at", "git_commit"}
+
+# The subprocess cell: epochs of ~1 s and attacks of ~0.3 s, so that every kill lands inside its stage.
+KILLED = ["run", "--dataset", "synthetic", "--methods", "at", "--seeds", "0", "--epochs", "3", "--train-subset", "128",
+          "--val-size", "32", "--test-subset", "64", "--batch-size", "32", "--attack-steps", "2",
+          "--eval-attacks", "natural,pgd20,cw20", "--checkpoints", "best,epoch1", "--device", "cpu"]
+# The in-process cells: two seeds; on this data best.pt moves from epoch 1 to epoch 2 (the identity test needs it).
+SMALL = ["run", "--dataset", "synthetic", "--methods", "at", "--epochs", "2", "--train-subset", "128",
+         "--val-size", "64", "--test-subset", "32", "--batch-size", "8", "--attack-steps", "2", "--eps", "0.02",
+         "--lr", "0.1", "--eval-attacks", "natural,pgd20", "--checkpoints", "best,epoch1", "--device", "cpu"]
+SEEDS = ["--seeds", "0,1"]
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, (list, tuple)):
+        return [_strip(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(value.shape), value.cpu().contiguous().numpy().tobytes())
+    return value
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """Every stored file of a run, comparable across runs: JSON without VOLATILE keys (markers too), torch
+    files as their tensors and values (weights_only=True). attempts.json and set-aside files are left out."""
+    out = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(run_dir).as_posix()
+        if path.name == ATTEMPTS or path.suffix in (".damaged", ".stale"):
+            continue
+        if path.suffix == ".pt":
+            out[rel] = _strip(torch.load(path, map_location="cpu", weights_only=True))
+        else:
+            out[rel] = _strip(json.loads(path.read_text()))
+    return out
+
+
+def bench(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def appears(root: Path, pattern: str):
+    return lambda: bool(list(root.glob(pattern)))
+
+
+def epochs_stored(root: Path, n: int):
+    def ready() -> bool:
+        try:
+            return any(len(json.loads(p.read_text())) >= n for p in root.glob("runs/*/history.json"))
+        except ValueError:  # never: history.json is replaced atomically
+            raise AssertionError("a reader saw a half-written history.json") from None
+    return ready
+
+
+def kill_when(proc: subprocess.Popen, ready, delay: float, what: str, timeout: float = 120) -> None:
+    """SIGKILL `proc` `delay` seconds after `ready()` first holds; it must die by the signal (not finish)."""
+    end = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"finished before {what}: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < end, f"{what} never happened"
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {what} + {delay:.2f}s: {err[-2000:]}"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def only_run(store: Store, seed: int = 0) -> str:
+    return next(r for r in store.run_ids() if store.config(r)["train"]["seed"] == seed)

@@ -16,9 +16,9 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_ls_lists_every_registry_entry():
     from bench.data import DATASETS
-    from bench.eval_attacks import EVAL_ATTACKS
+    from bench.evaluation.attacks import EVAL_ATTACKS
     from bench.models import MODELS
-    from bench.train_attacks import TRAIN_ATTACKS
+    from bench.attacks.training import TRAIN_ATTACKS
     from methods import METHODS
 
     out = CliRunner().invoke(main, ["ls"]).output
@@ -43,7 +43,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path, args, message):
 
 
 def test_learning_rate_defaults_and_linear_scaling():
-    from bench.matrix import learning_rate
+    from bench.config.matrix_cells import learning_rate
 
     assert learning_rate(None, "small-cnn", 128) == 0.05 and learning_rate(None, "resnet18", 128) == 0.1
     assert learning_rate(0.1, "resnet18", 512, "linear") == pytest.approx(0.4)
