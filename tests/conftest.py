@@ -203,3 +203,12 @@ def finished(tmp_path_factory) -> Path:
 def store_copy(finished, tmp_path, one_thread) -> Store:
     shutil.copytree(finished, tmp_path / "results")
     return Store(tmp_path / "results")
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A results directory that already holds a file: a refused command must leave it exactly as it is."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "README").write_text("a results directory that must stay as it is\n")
+    return root

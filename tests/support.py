@@ -171,3 +171,14 @@ def invoke(*args: str):
 
 def only_run(store: Store, seed: int = 0) -> str:
     return next(r for r in store.run_ids() if store.config(r)["train"]["seed"] == seed)
+
+
+# ---- refusals write nothing (tests/test_cli_run.py, tests/test_validation.py) ----
+
+BASE = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64", "--val-size", "32",
+        "--test-subset", "32", "--eval-attacks", "natural"]
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under `root`: equal before and after a refused command means it wrote nothing."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}

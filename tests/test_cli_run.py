@@ -11,29 +11,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from support import BASE, tree
+
 from bench.cli import main
 
-BASE = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64", "--val-size", "32",
-        "--test-subset", "32", "--eval-attacks", "natural"]
 
 
-def snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.fixture
-def results(tmp_path) -> Path:
-    root = tmp_path / "results"
-    root.mkdir()
-    (root / "README").write_text("a results directory that must stay as it is\n")
-    return root
 
 
 def refused(results: Path, *args: str, env: dict | None = None) -> str:
-    before = snapshot(results)
+    before = tree(results)
     res = CliRunner().invoke(main, [*BASE, "--results", str(results), *args], env=env)
     assert res.exit_code == 2, res.output
-    assert snapshot(results) == before  # nothing written: no locks, no run directories
+    assert tree(results) == before  # nothing written: no locks, no run directories
     return res.output
 
 

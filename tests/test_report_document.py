@@ -64,7 +64,10 @@ def test_the_pdf_is_compiled_until_its_references_settle_and_escapes_every_speci
         if shutil.which("pdftotext") else None
     if text is not None:
         assert "See table 1." in text and "??" not in text
-        assert "a\\b {c} $d & #e ^f _g %h ~i" in text
+        # pdftotext gives ^ and ~ as the accent glyphs the font draws, and drops the drawn underscore
+        def norm(t: str) -> str:
+            return re.sub(r"\s+", " ", t.replace("\u02c6", "^").replace("\u02dc", "~").replace("_", " "))
+        assert norm("a\\b {c} $d & #e ^f _g %h ~i") in norm(text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.pdf", "doc.tex"]  # build files cleaned
 
 

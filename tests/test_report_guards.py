@@ -153,8 +153,8 @@ def test_worst_inherits_the_flag_but_is_not_listed_twice(tmp_path, report):
 
 def test_a_clean_store_says_no_guard_fired(tmp_path, report):
     out = report(tmp_path, flag=False)
-    assert out["guards.md"] == ("Guards on synthetic, small-cnn, L∞ ε = 8/255, best checkpoint (highest validation "
-                                "PGD accuracy): no guard fired on the 12 checked rows; no row predates the guards.\n")
+    assert out["guards.md"] == ("Guards on synthetic, small-cnn, L∞ ε = 8/255, 20 test points, best checkpoint (highest "
+                                "validation PGD accuracy): no guard fired on the 12 checked rows; no row predates the guards.\n")
     assert out["guards.tex"].startswith(r"\paragraph{Guards.}") and "no guard fired on the 12 checked rows" in \
         out["guards.tex"]
     assert pd.read_csv(tmp_path / "out" / "guards.csv").empty

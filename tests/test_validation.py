@@ -8,29 +8,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from support import BASE, tree
+
 from bench.cli import main
 
-BASE = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64", "--val-size", "32",
-        "--test-subset", "32", "--eval-attacks", "natural"]
 
 
-def snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.fixture
-def results(tmp_path) -> Path:
-    root = tmp_path / "results"
-    root.mkdir()
-    (root / "README").write_text("a results directory that must stay as it is\n")
-    return root
 
 
 def refused(results: Path, args: list[str], dry_run: bool) -> str:
-    before = snapshot(results)
+    before = tree(results)
     res = CliRunner().invoke(main, [*args, "--results", str(results), *(["--dry-run"] if dry_run else [])])
     assert res.exit_code == 2, (res.output, res.exception)
-    assert snapshot(results) == before  # no run directory, no lock
+    assert tree(results) == before  # no run directory, no lock
     return " ".join(res.output.split())  # click wraps long messages
 
 

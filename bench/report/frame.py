@@ -153,14 +153,15 @@ class Setting:
     guards: dict[tuple[str, str], dict[str, str] | None] = field(default_factory=dict, repr=False)
 
     def describe(self, tex: bool) -> str:
-        """The selection, for every caption (LaTeX) and for summary.md (Markdown)."""
+        """The selection, for every caption (LaTeX) and for summary.md (Markdown), with its number of test points:
+        two settings of one store may differ only in the points evaluated (the demo's AutoAttack subset)."""
         eps = f"$\\epsilon = {eps_text(self.eps)}$" if tex else f"ε = {eps_text(self.eps)}"
         ckpt = {"best": "best checkpoint (highest validation PGD accuracy)", "last": "last-epoch checkpoint"}.get(
             self.checkpoint, f"checkpoint after epoch {self.checkpoint[5:]}")
         threat = {"linf": "$\\ell_\\infty$" if tex else "L∞", "l2": "$\\ell_2$" if tex else "L2"}.get(
             self.threat_model, self.threat_model)
         name = f"{self.dataset}, {self.model}" + (f" ({self.filters})" if self.filters else "")
-        return f"{tex_escape(name) if tex else name}, {threat} {eps}, {ckpt}"
+        return f"{tex_escape(name) if tex else name}, {threat} {eps}, {self.n_points:,} test points, {ckpt}"
 
     def variant(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
