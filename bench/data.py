@@ -252,6 +252,16 @@ def _load_raw(name: str, data_dir: str | None):
     return _torchvision_dataset(name, data_dir)
 
 
+def load_keyed(key: tuple, data_dir: str | None, cache: dict) -> DataBundle:
+    """The bundle of `key` = (dataset, val_size, train_subset, test_subset), loaded once per `cache` (the runner,
+    the presence check and `bench eval` share runs of one setting this way)."""
+    if key not in cache:
+        name, val_size, train_subset, test_subset = key
+        cache[key] = load_data(name, val_size=val_size, train_subset=train_subset, test_subset=test_subset,
+                               data_dir=data_dir)
+    return cache[key]
+
+
 def load_data(name: str, *, val_size: int = 1000, train_subset: int | None = None,
               test_subset: int | None = None, data_dir: str | None = None) -> DataBundle:
     info = lookup("dataset", name, DATASETS)

@@ -150,7 +150,7 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
     "damaged", reason). Guards, locks and damaged files stay this run's business; the others go on."""
     from filelock import FileLock, Timeout
 
-    from bench.data import load_data
+    from bench.data import load_keyed
     from bench.evaluation.evaluate import evaluate_run, resolve_eval_eps
     from bench.evaluation.guards import GuardFailure
     from bench.provenance import resolve_device
@@ -162,7 +162,7 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
         torch.set_num_threads(threads)
     store, t = Store(results), config["train"]
     label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
-    test = _load_test(t, ecfg.test_subset, data_dir, load_data)
+    test = load_keyed((t["dataset"], t["val_size"], t["train_subset"], ecfg.test_subset), data_dir, _BUNDLES).test
     eps = resolve_eval_eps(t["dataset"], t["eps"], ecfg)
     click.echo(f"run {index}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
                f"{len(test)} points", err=True)
@@ -191,15 +191,7 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
         lock.release()
 
 
-_TEST_SPLITS: dict[tuple, object] = {}  # per process: runs of one setting share their test split
-
-
-def _load_test(t: dict, test_subset, data_dir, load_data):
-    key = (t["dataset"], t["val_size"], t["train_subset"], test_subset)
-    if key not in _TEST_SPLITS:
-        _TEST_SPLITS[key] = load_data(t["dataset"], val_size=t["val_size"], train_subset=t["train_subset"],
-                                      test_subset=test_subset, data_dir=data_dir).test
-    return _TEST_SPLITS[key]
+_BUNDLES: dict[tuple, object] = {}  # per process: runs of one setting share their data (bench.data.load_keyed)
 
 
 def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | None = None, workers: int = 1) -> None:

@@ -57,13 +57,9 @@ def data_key(cell: Cell) -> tuple:
 
 def load_matrix_data(cells: list[Cell], data_dir: str | None) -> dict[tuple, Any]:
     """Load every dataset the matrix needs (DatasetNotFound, a UsageError, says how to get a missing one)."""
-    from bench.data import load_data
+    from bench.data import load_keyed
 
-    out = {}
+    out: dict[tuple, Any] = {}
     for cell in cells:
-        key = data_key(cell)
-        if key not in out:
-            name, val_size, train_subset, test_subset = key
-            out[key] = load_data(name, val_size=val_size, train_subset=train_subset, test_subset=test_subset,
-                                 data_dir=data_dir)
+        load_keyed(data_key(cell), data_dir, out)
     return out

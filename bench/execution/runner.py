@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from bench.config import checkpoint_epoch_number
 from bench.config.catalog import DEFAULTS
-from bench.data import DataBundle, load_data
+from bench.data import DataBundle, load_keyed
 from bench.evaluation.evaluate import drop_mismatched_rows, evaluate_run
 from bench.execution.progress import CellProgress, MatrixProgress
 from bench.execution.status import ATTEMPTS, is_complete  # noqa: F401
@@ -122,12 +122,7 @@ class Runner:
         self._data: dict[tuple, DataBundle] = dict(data or {})  # preloaded by the CLI's presence check
 
     def data_for(self, cell: Cell) -> DataBundle:
-        key = data_key(cell)
-        if key not in self._data:
-            name, val_size, train_subset, test_subset = key
-            self._data[key] = load_data(name, val_size=val_size, train_subset=train_subset,
-                                        test_subset=test_subset, data_dir=self.data_dir)
-        return self._data[key]
+        return load_keyed(data_key(cell), self.data_dir, self._data)
 
     def run_cell(self, cell: Cell, force: bool = False) -> CellOutcome:
         run_id, t0 = cell.train.run_id, time.perf_counter()
