@@ -30,24 +30,26 @@ from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
 from methods.deferred import deferred_masked_term
 
 
-def lrat_unnormalised(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = 2.0,
-                      beta: float = 0.5, C: float = 0.1, weighting: str = "lrat"):
+_DEFAULTS = method_defaults("lrat")  # bench/config/catalog.py: values, valid choices and sources
+
+
+def lrat_unnormalised(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = _DEFAULTS["alpha"],
+                      beta: float = _DEFAULTS["beta"], C: float = _DEFAULTS["C"],
+                      weighting: str = _DEFAULTS["weighting"]):
     """Eq. 11, 12 and the anchor coefficient of Eq. 7, before the Eq. 15 rescale: ([C - sum_j w]_+, w)."""
     t = torch.stack([prob_margin(z.detach(), y) for z in logits_variants], dim=1)
     w = torch.ones_like(t) if weighting == "none" else alpha * (1.0 - t).clamp_min(0.0).pow(beta)
     return (C - w.sum(dim=1)).clamp_min(0.0), w
 
 
-def lrat_coefficients(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = 2.0,
-                      beta: float = 0.5, C: float = 0.1, weighting: str = "lrat"):
+def lrat_coefficients(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = _DEFAULTS["alpha"],
+                      beta: float = _DEFAULTS["beta"], C: float = _DEFAULTS["C"],
+                      weighting: str = _DEFAULTS["weighting"]):
     """(anchor_coef (n,), variant_coefs (n, m)) after the Eq. 15 rescale by one shared scalar; detached.
     `weighting='none'` sets every w_ij = 1 (LSAT)."""
     anchor, w = lrat_unnormalised(logits_variants, y, alpha, beta, C, weighting)
     z = (anchor + w.sum(dim=1)).mean()
     return (anchor / z).detach(), (w / z).detach()
-
-
-_DEFAULTS = method_defaults("lrat")  # bench/config/catalog.py: values, valid choices and sources
 
 
 @dataclass(frozen=True)

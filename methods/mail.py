@@ -23,14 +23,15 @@ from bench.config.catalog import method_defaults
 from methods.base import StepContext, WeightedCE, reweighting_started
 
 
-def mail_weights(logits_adv: torch.Tensor, y: torch.Tensor, slope: float = 1.0, bias: float = -1.5) -> torch.Tensor:
+_DEFAULTS = method_defaults("mail")  # bench/config/catalog.py, with their sources
+
+
+def mail_weights(logits_adv: torch.Tensor, y: torch.Tensor, slope: float = _DEFAULTS["slope"],
+                 bias: float = _DEFAULTS["bias"]) -> torch.Tensor:
     """MAIL-AT weights 3 sigmoid(slope (-PM + bias)) for adversarial logits (n, K); detached. Defaults: MAIL
     train.py (`--slope 1.0 --bias -1.5`)."""
     pm = prob_margin(logits_adv.detach(), y)
     return (3.0 * torch.sigmoid(slope * (-pm + bias))).detach()
-
-
-_DEFAULTS = method_defaults("mail")  # bench/config/catalog.py, with their sources
 
 
 @dataclass(frozen=True)
