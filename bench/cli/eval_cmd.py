@@ -216,13 +216,12 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
     for (run_id, _, ecfg), (status, value) in zip(jobs, outcomes):
         if status == "done":
             summary += [r for r in value if r["eval_attack"] in ecfg.attacks + ("worst",)]
+        elif status == "refused":
+            refused.append(run_id)
+        elif status == "busy":
+            busy.append(run_id)
         else:
-            if status == "refused":
-                refused.append(run_id)
-            elif status == "busy":
-                busy.append(run_id)
-            else:
-                damaged.append((run_id, value))
+            damaged.append((run_id, value))
     _print_summary(summary)
     for run_id, why in dict.fromkeys(damaged):
         click.echo(f"damaged: run {run_id}: {why}", err=True)
