@@ -5,24 +5,46 @@ to load). `bench/store.py` builds the run directories on these; they re-export f
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import pickletools
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
+def _create_temp(path: Path) -> str:
+    """Create an empty, new `.<name>.<random>.tmp` beside `path` and return its name.
+
+    Created as open() creates files (mode 0o666, which the kernel reduces by the process umask and a folder's
+    default ACL), not as tempfile.mkstemp does (0600): the renamed file must be readable by whoever may read
+    the folder, 0644 under umask 022 and 0600 under 077. No umask is read or changed (os.umask can only be read
+    by setting it, a race with other threads creating files); O_EXCL makes the name ours alone."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync and rename it over `path` (atomic on POSIX)."""
+    """Yield a temporary path beside `path`; on success fsync and rename it over `path` (atomic on POSIX).
+
+    The file gets the mode open() would give it under the process umask (see `_create_temp`); a writer that
+    opens the yielded path keeps that mode (opening an existing file does not change it). Missing folders are
+    created with os.makedirs, which applies the umask too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
