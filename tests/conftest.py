@@ -5,6 +5,7 @@ helper function (`add_run`, `paper_store`, ...): test files share them through h
 one another."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,14 @@ def batch():
     x = torch.rand(32, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (32,), generator=g)
     return x, y
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    """The process umask, 022 then 077, set for one test and restored after it (files written must follow it)."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
 
 
 # ---- synthetic result stores (the report tests) ------------------------------------------------------------

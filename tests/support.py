@@ -173,6 +173,11 @@ def only_run(store: Store, seed: int = 0) -> str:
     return next(r for r in store.run_ids() if store.config(r)["train"]["seed"] == seed)
 
 
+def modes(root: Path) -> dict[str, int]:
+    """Permission bits of every file and folder under `root` (root itself included, as "."), by relative path."""
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
 # ---- refusals write nothing (tests/test_cli_run.py, tests/test_validation.py) ----
 
 BASE = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64", "--val-size", "32",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
-from support import CFG, N, Fragile, suite, write_run
+from support import CFG, N, Fragile, modes, suite, write_run
 
 from bench.evaluation.autoattack_compat import install
 from bench.cli import main
@@ -122,6 +122,18 @@ def test_export_writes_model_info_and_a_readme_that_loads_the_model(evaluated, t
     assert flags == natural
     exec(recheck_snippet, scope)  # AutoAttack called directly, as the README says: the stored aa flags again
     assert (scope["y_adv"] == scope["y"]).tolist() == decode_flags(store.read_eval(run_id, group, "aa")["flags"])
+
+
+def test_export_files_honour_the_umask(evaluated, tmp_path, umask):
+    """model.pt, model_info.json and README.md (and the folder) are as readable as the umask says: 0644 under
+    umask 022, where RobustBench submitters share them, 0600 under 077."""
+    store, run_id, _ = evaluated
+    out = tmp_path / "export"
+    result = CliRunner().invoke(main, ["export", run_id, "--results", str(store.root), "--out", str(out),
+                                       "--eps", "0.3"])
+    assert result.exit_code == 0, result.output
+    expected = {".": 0o777 & ~umask, **{name: 0o666 & ~umask for name in ("model.pt", "model_info.json", "README.md")}}
+    assert modes(out) == expected
 
 
 def test_export_readme_for_cifar_uses_robustbench_benchmark():

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from support import BASE, invoke, modes
 
 from bench.store import DONE, Store, atomic_path, decode_flags, encode_flags, write_json
 
@@ -36,38 +36,23 @@ def test_only_done_runs_are_visible(tmp_path):
     assert [r["run_id"] for r in rows] == ["finished"] and rows[0]["flags"] == "1010"
 
 
-@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
-def umask(request):
-    """The process umask set for one test and restored after it."""
-    old = os.umask(request.param)
-    yield request.param
-    os.umask(old)
-
-
-def modes(root) -> dict[str, int]:
-    """Permission bits of every file and folder under `root` (root itself included), by relative path."""
-    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
-
-
 def test_atomic_writes_honour_the_umask(tmp_path, umask):
     """mkstemp's 0600 must not reach the renamed file: 0644 under umask 022, 0600 under 077 (as open())."""
     write_json(tmp_path / "new" / "a.json", {"v": 1})
     with atomic_path(tmp_path / "new" / "b.bin") as tmp:
         tmp.write_bytes(b"x")
-    os.chmod(tmp_path, 0o755)  # made by pytest; only what the writes created is checked
     assert modes(tmp_path / "new") == {".": 0o777 & ~umask, "a.json": 0o666 & ~umask, "b.bin": 0o666 & ~umask}
 
 
 def test_a_stored_run_honours_the_umask(tmp_path, umask, one_thread):
     """Every file and folder `bench run` writes (config, history, checkpoints, markers, eval rows, attempts,
     the lock) gets the mode the umask gives: readable by others under 022, private under 077."""
-    from support import BASE, invoke
-
     results = tmp_path / "results"
     res = invoke(*BASE, "--batch-size", "32", "--attack-steps", "2", "--device", "cpu", "--results", str(results))
     assert res.exit_code == 0, res.output
     found = modes(results)
-    assert {p for p in found if p.endswith(("config.json", "best.pt", "DONE", "natural.json", ".lock"))}
+    kinds = ("config.json", "history.json", "attempts.json", "best.pt", "TRAINED", "DONE", "natural.json", ".lock")
+    assert all(any(p.endswith(kind) for p in found) for kind in kinds), sorted(found)
     files = {p for p in found if (results / p).is_file()}
     assert {p: found[p] for p in files} == {p: 0o666 & ~umask for p in files}
     assert {p: m for p, m in found.items() if p not in files} == {p: 0o777 & ~umask for p in found if p not in files}
