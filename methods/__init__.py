@@ -11,9 +11,13 @@ from methods.base import Method, StepContext, StepOutput
 from methods.gairat import GAIRAT
 from methods.lrat import LRAT, LSAT
 from methods.mail import MAIL
+from methods.mart import MART
+from methods.trades import TRADES
 
 METHODS: dict[str, type[Method]] = {
     "at": AT,
+    "trades": TRADES,
+    "mart": MART,
     "gairat": GAIRAT,
     "mail": MAIL,
     "lrat": LRAT,

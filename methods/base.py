@@ -123,7 +123,7 @@ class Method:
 
     def check_attacks(self, attack_names: tuple[str, ...], attack_steps: int | None = None) -> None:
         """Refuse, at config time, training attacks the method cannot take (bench/config/method_params.py)."""
-        check_method_attacks(self.name, attack_names, attack_steps, self.entry())
+        check_method_attacks(self.name, attack_names, attack_steps, self.entry(), dataclasses.asdict(self.params))
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
         raise NotImplementedError

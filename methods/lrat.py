@@ -16,10 +16,15 @@ subset of the batch.
 History: `weights` are the variant coefficients after Eq. 15 (n*m values); `relative_weights` the per-instance
 totals [C - sum_j w_ij]_+ + sum_j w_ij after Eq. 15, divided by their batch mean (which Eq. 15 makes 1).
 
+Table 2's ablation (`gd_attack=pgd`): the PGD variant's w is GAIRAT's geometry weight from its kappa instead of
+Eq. 12 (`_gd_weights`); the other variants keep Eq. 12, and the anchor and Eq. 15 treat it like any w.
+`train_attack=pgd+cw` is "GD+CW", `pgd+saa` "GD+SAA", `saa+cw+pgd` "SAA+CW+GD".
+
 `lsat` ("locally simulated AT") is the same objective with all w = 1: for one attack it equals `at`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,26 +33,31 @@ from bench.attacks.losses import ce_loss, prob_margin
 from bench.config.catalog import method_defaults
 from methods.base import Method, StepContext, StepOutput, in_bn_mode, run_attack
 from methods.deferred import deferred_masked_term
+from methods.gairat import gairat_weights
 
 
 _DEFAULTS = method_defaults("lrat")  # bench/config/catalog.py: values, valid choices and sources
+GD_LAMBDA = method_defaults("gairat")["lam"]  # Table 2's GD weight: GAIRAT's own lam
 
 
 def lrat_unnormalised(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = _DEFAULTS["alpha"],
                       beta: float = _DEFAULTS["beta"], C: float = _DEFAULTS["C"],
-                      weighting: str = _DEFAULTS["weighting"]):
-    """Eq. 11, 12 and the anchor coefficient of Eq. 7, before the Eq. 15 rescale: ([C - sum_j w]_+, w)."""
+                      weighting: str = _DEFAULTS["weighting"], fixed: Mapping[int, torch.Tensor] | None = None):
+    """Eq. 11, 12 and the anchor coefficient of Eq. 7, before the Eq. 15 rescale: ([C - sum_j w]_+, w).
+    `fixed`: variant index -> (n,) weights that replace Eq. 12 for that variant (Table 2's GD)."""
     t = torch.stack([prob_margin(z.detach(), y) for z in logits_variants], dim=1)
     w = torch.ones_like(t) if weighting == "none" else alpha * (1.0 - t).clamp_min(0.0).pow(beta)
+    for j, wj in (fixed or {}).items():
+        w[:, j] = wj.to(w)
     return (C - w.sum(dim=1)).clamp_min(0.0), w
 
 
 def lrat_coefficients(logits_variants: list[torch.Tensor], y: torch.Tensor, alpha: float = _DEFAULTS["alpha"],
                       beta: float = _DEFAULTS["beta"], C: float = _DEFAULTS["C"],
-                      weighting: str = _DEFAULTS["weighting"]):
+                      weighting: str = _DEFAULTS["weighting"], fixed: Mapping[int, torch.Tensor] | None = None):
     """(anchor_coef (n,), variant_coefs (n, m)) after the Eq. 15 rescale by one shared scalar; detached.
-    `weighting='none'` sets every w_ij = 1 (LSAT)."""
-    anchor, w = lrat_unnormalised(logits_variants, y, alpha, beta, C, weighting)
+    `weighting='none'` sets every w_ij = 1 (LSAT); `fixed` replaces some variants' Eq. 12 weights."""
+    anchor, w = lrat_unnormalised(logits_variants, y, alpha, beta, C, weighting, fixed)
     z = (anchor + w.sum(dim=1)).mean()
     return (anchor / z).detach(), (w / z).detach()
 
@@ -60,6 +70,7 @@ class LRATParams:
     anchor: str = _DEFAULTS["anchor"]  # [choice] natural | pgd | saa
     weighting: str = _DEFAULTS["weighting"]  # lrat | none (= LSAT)
     anchor_bn: str = _DEFAULTS["anchor_bn"]  # [choice] eval | batch: BN of the anchor pass
+    gd_attack: str = _DEFAULTS["gd_attack"]  # none | pgd | cw: that variant takes GAIRAT's GD weight (Table 2)
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,10 @@ class LRAT(Method):
 
     def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
         p = self.params
-        variants = [run_attack(model, a, x, y, ctx.bn_mode).x_adv for a in ctx.attacks]
-        logits = [model(v) for v in variants]
-        anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting)
+        results = [run_attack(model, a, x, y, ctx.bn_mode) for a in ctx.attacks]
+        logits = [model(r.x_adv) for r in results]
+        anchor_coef, coefs = lrat_coefficients(logits, y, p.alpha, p.beta, p.C, p.weighting,
+                                               self._gd_weights(results, ctx))
         per_example = sum(coefs[:, j] * ce_loss(z, y) for j, z in enumerate(logits))
         needs_anchor = anchor_coef > 0
         weights = relative = None
@@ -87,6 +99,15 @@ class LRAT(Method):
         return StepOutput(per_example.mean(), weights, {"anchor_share": needs_anchor.float().mean()},
                           deferred=self._anchor_term(model, x, y, ctx, anchor_coef, needs_anchor),
                           relative_weights=relative)
+
+    def _gd_weights(self, results, ctx: StepContext) -> dict[int, torch.Tensor]:
+        """Table 2's GD: the `gd_attack` variant weighted by GAIRAT's Tanh weight of its kappa, normalised to mean
+        1 over the batch as GAIRAT trains with it, lam = GAIRAT's -1. [choice] From the first epoch: LRAT has
+        no burn-in, and the paper names none for the mixture."""
+        if self.params.gd_attack not in ctx.attack_names:
+            return {}
+        j = ctx.attack_names.index(self.params.gd_attack)
+        return {j: gairat_weights(results[j].kappa, ctx.attacks[j].steps, GD_LAMBDA)}
 
     def _anchor_term(self, model, x, y, ctx: StepContext, anchor_coef, needs_anchor):
         """(1/n) sum_i [C - sum_j w_ij]_+ CE(x*_i), deferred (StepOutput.deferred) because which i need it is

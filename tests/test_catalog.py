@@ -52,7 +52,7 @@ def test_labels_and_orders():
     assert catalog.row_label("lrat", "saa+cw") == "LRAT (SAA+CW)"
     assert catalog.row_label("focal", "pgd") == "FOCAL (PGD)"  # outside the catalog (a plugin): its name
     assert catalog.eval_attack_order()[0] == "natural" and catalog.eval_attack_order()[-1] == "worst"
-    assert catalog.method_order()[:2] == ["at", "gairat"]
+    assert catalog.method_order()[:4] == ["at", "trades", "mart", "gairat"]  # AT, the defences beside it, IRAT
 
 
 def test_defaults_per_dataset_and_model():

@@ -219,3 +219,27 @@ def test_the_table1_dry_run_prints_seven_cells_and_gpu_hours_without_cifar10(tmp
     # at/pgd measured: 100 epochs x 49,000 images / 1,000 images/s; lrat saa+cw from 11,000 steps/s: x (60 + 10 + 1)
     assert "1.36 h" in cells[0] and f"{100 * 49000 * 71 / 11000 / 3600:.2f} h" in cells[6]
     assert "GPU-hours" in res.output and "GPU X" in res.output and "batch_size 128" in res.output
+
+
+TABLE2 = ROOT / "experiments" / "lrat-table2-cifar10.toml"
+
+
+def test_the_table2_recipe_plans_four_rows_and_its_saa_cw_row_is_table1s_run():
+    cells = cells_of(load_matrix_file(TABLE2))
+    assert [(c.train.method, c.train.train_attack, c.train.method_params["gd_attack"]) for c in cells] == [
+        ("lrat", "pgd+cw", "pgd"), ("lrat", "pgd+saa", "pgd"), ("lrat", "saa+cw", "none"), ("lrat", "saa+cw+pgd", "pgd")]
+    table1 = {c.train.train_attack: c.train.run_id for c in cells_of(load_matrix_file(TABLE1), methods="lrat")}
+    assert cells[2].train.run_id == table1["saa+cw"]  # gd_attack names no variant of saa+cw: reset, same run
+    assert cells[0].train.run_id not in table1.values()
+
+
+def test_saa_steps_and_gd_refusals(tmp_path):
+    path = write(tmp_path, '[train]\nsaa_steps = 5\n')
+    assert cells_of(load_matrix_file(path), methods="lrat", train_attack="saa")[0].train.saa_steps == 5
+    with pytest.raises(UsageError, match="saa-steps must be >= 1"):
+        cells_of({}, saa_steps=0)
+    with pytest.raises(UsageError, match="gd_attack=pgd needs at least 2 attack steps"):
+        cells_of({}, methods="lrat", train_attack="pgd+cw", attack_steps=1, method_params=("lrat.gd_attack=pgd",))
+    with pytest.raises(UsageError, match="trains on its own attack kl"):
+        cells_of({}, methods="trades", train_attack="pgd")
+    assert cells_of({}, methods="trades", train_attack="kl")[0].train.method_params == {"beta": 6.0}

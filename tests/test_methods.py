@@ -201,6 +201,10 @@ def test_mail_schedule_matches_the_official_code_at_120_epochs():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_and_attack_trains(name, attack, tiny_model, batch):
     method = build_method_reweighting_now(name)
+    if method.entry().train_attacks and attack not in method.entry().train_attacks:
+        with pytest.raises(UsageError, match=f"trains on its own attack {method.entry().train_attacks[0]}"):
+            method.check_attacks((attack,))
+        return
     if method.entry().needs_kappa and not TRAIN_ATTACKS[attack].has_kappa:
         with pytest.raises(UsageError, match="kappa"):
             method.check_attacks((attack,))

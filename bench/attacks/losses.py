@@ -27,3 +27,10 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def kl_loss(logits_target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p(target) || p(logits)) = sum_k p_k (log p_k - log q_k), as `nn.KLDivLoss` computes it on
+    (log_softmax(logits), softmax(logits_target)) in the TRADES code (a zero p_k contributes 0)."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=1), F.softmax(logits_target.float(), dim=1),
+                    reduction="none").sum(dim=1)

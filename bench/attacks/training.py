@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.attacks.kl import KLPGD
 from bench.attacks.pgd import PGD, FGSMRandomStart
 from bench.config import TrainConfig
 from bench.config.catalog import TRAIN_ATTACKS as CATALOG, TrainAttackEntry
@@ -31,6 +32,7 @@ TRAIN_ATTACKS = {
                           lambda c: PGD(c.eps, c.attack_steps, c.attack_step_size, "cw", cw_kappa=c.cw_kappa)),
     "saa": TrainAttackInfo(CATALOG["saa"], lambda c: SAA(c.eps, c.saa_targets, c.saa_steps, c.saa_merge)),
     "fgsm": TrainAttackInfo(CATALOG["fgsm"], lambda c: FGSMRandomStart(c.eps)),
+    "kl": TrainAttackInfo(CATALOG["kl"], lambda c: KLPGD(c.eps, c.attack_steps, c.attack_step_size)),
 }
 
 

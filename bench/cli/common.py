@@ -32,6 +32,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "weight_decay": DEFAULTS.weight_decay,
     "eps": None,  # the dataset's usual budget (catalog.default_eps)
     "attack_steps": DEFAULTS.attack_steps,
+    "saa_steps": DEFAULTS.saa_steps,
     "step_size": None,  # eps / 4
     "seeds": "0",
     "eval_attacks": ",".join(DEFAULT_EVAL_ATTACKS),

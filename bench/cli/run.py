@@ -40,7 +40,9 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--eps", default=RUN_DEFAULTS["eps"], help="L-inf training budget in pixel units: 8/255 or 0.0314. "
               "Default: 0.1 for (fashion-)mnist, 8/255 otherwise.")
 @click.option("--attack-steps", type=int, default=RUN_DEFAULTS["attack_steps"], show_default=True,
-              help="K of the pgd/cw training attacks.")
+              help="K of the pgd/cw/kl training attacks.")
+@click.option("--saa-steps", type=int, default=RUN_DEFAULTS["saa_steps"], show_default=True,
+              help="APGD steps per target (3 targets) of the saa training attack.")
 @click.option("--step-size", default=RUN_DEFAULTS["step_size"], help="Training attack step; default eps/4.")
 @click.option("--seeds", default=RUN_DEFAULTS["seeds"], show_default=True, help="Comma-separated seeds, one cell each.")
 @eval_attacks_option()

@@ -89,6 +89,8 @@ TRAIN_ATTACKS: dict[str, TrainAttackEntry] = {
                                    "lowest-margin merge", False),
     "fgsm": TrainAttackEntry("FGSM", "FGSM with random start, one step of 1.25 eps (Wong et al. 2020); cheap runs "
                                      "and tests", False),
+    "kl": TrainAttackEntry("KL", "TRADES' attack: PGD on KL(p(x) || p(x_adv)) from x + 0.001 N(0, I), K steps of the "
+                                 "run's step size (Zhang et al. 2019, trades.py)", True),
 }
 
 
@@ -127,6 +129,9 @@ class Param:
     low: float | None = None  # numbers: inclusive bounds
     high: float | None = None
     allow_inf: bool = False  # numbers: +-inf accepted (GAIRAT's lambda = +inf is plain AT)
+    # A training attack's name that acts only on runs training with that attack; on other runs the parameter
+    # resets to its default, so such a run is the same run (same id) as without it (`params_for_attack`).
+    names_train_attack: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class MethodEntry:
     needs_kappa: bool = False  # needs GAIRAT's kappa from the training attack (pgd, cw)
     min_attack_steps: int = 1  # K of the pgd/cw training attacks
     min_attack_steps_why: str = ""
+    train_attacks: tuple[str, ...] = ()  # the training attacks it accepts; empty: any
 
 
 _BURN_IN = {"low": 0.0, "high": 1.0}
@@ -149,11 +155,21 @@ _LRAT_PARAMS = {
     "weighting": Param("lrat", "lrat: Eq. 12; none: all weights 1 (LSAT)", ("lrat", "none")),
     "anchor_bn": Param("eval", "[choice] BN mode of the anchor pass: eval (running statistics, the needing "
                                "instances only) or batch (the whole batch in train mode)", ("eval", "batch")),
+    "gd_attack": Param("none", "LRAT paper, Table 2 (GD): this variant takes GAIRAT's geometry weight from its "
+                               "kappa instead of Eq. 12 [choice: GAIRAT's batch-normalised weight, lam -1]",
+                       ("none", "pgd", "cw"), names_train_attack=True),
 }
 
-# Display order = the order of this dict (the LRAT paper's Table 1: AT, the instance-reweighted, then local).
+_BETA_KL = {"low": 0.0}
+# Display order = the order of this dict (the LRAT paper's Table 1: AT, the instance-reweighted, then local;
+# the two defences every robustness paper reports beside AT come after AT).
 METHODS: dict[str, MethodEntry] = {
     "at": MethodEntry("AT"),
+    "trades": MethodEntry("TRADES", train_attacks=("kl",), params={
+        "beta": Param(6.0, "TRADES train_trades_cifar10.py --beta 6.0 (train_trades_mnist.py and trades.py's "
+                           "keyword default: 1.0)", **_BETA_KL)}),
+    "mart": MethodEntry("MART", params={
+        "beta": Param(6.0, "MART train_wideresnet.py --beta 6.0 and mart.py's keyword default", **_BETA_KL)}),
     "gairat": MethodEntry("GAIRAT", aliases=("irat",), needs_kappa=True, min_attack_steps=2,  # "IRAT": the LRAT paper
                           min_attack_steps_why="GAIRAT's weights divide by floor(K/2), which is 0 below 2 steps "
                                                "(NaN weights).",
@@ -180,6 +196,7 @@ class Defaults:
     batch_size: int = 128
     weight_decay: float = 2e-4
     attack_steps: int = 10
+    saa_steps: int = 20  # APGD steps per target of the SAA training attack (LRAT paper sec. 5.1: 3 targets x 20)
     eval_batch_size: int = 256
     lock_wait_s: float = 2.0  # a `bench status` probe of a cell's lock must not make a runner skip the cell
     baseline: str = "at"
@@ -217,9 +234,11 @@ def method_label(name: str) -> str:
     return METHODS[name].label if name in METHODS else name.upper()
 
 
-def train_attack_label(name: str) -> str:
-    """'saa+cw' -> 'SAA+CW'."""
-    return "+".join(TRAIN_ATTACKS[p].label if p in TRAIN_ATTACKS else p.upper() for p in name.split("+"))
+def train_attack_label(name: str, gd_attack: str | None = None) -> str:
+    """'saa+cw' -> 'SAA+CW'; the part named by LRAT's `gd_attack` reads 'GD' (the LRAT paper's Table 2 rows:
+    'saa+cw+pgd' with gd_attack=pgd -> 'SAA+CW+GD')."""
+    return "+".join("GD" if p == gd_attack else TRAIN_ATTACKS[p].label if p in TRAIN_ATTACKS else p.upper()
+                    for p in name.split("+"))
 
 
 def eval_attack_label(name: str) -> str:
@@ -228,9 +247,9 @@ def eval_attack_label(name: str) -> str:
     return EVAL_ATTACKS[name].label if name in EVAL_ATTACKS else name
 
 
-def row_label(method: str, train_attack: str) -> str:
-    """'GAIRAT (PGD)': a table row."""
-    return f"{method_label(method)} ({train_attack_label(train_attack)})"
+def row_label(method: str, train_attack: str, params: dict | None = None) -> str:
+    """'GAIRAT (PGD)': a table row; 'LRAT (GD+CW)' for LRAT with gd_attack=pgd on pgd+cw."""
+    return f"{method_label(method)} ({train_attack_label(train_attack, (params or {}).get('gd_attack'))})"
 
 
 def method_order() -> list[str]:

@@ -92,7 +92,7 @@ class TrainConfig:
     attack_bn_mode: BNMode = "eval"
     cw_kappa: float = 50.0
     saa_targets: int = 3
-    saa_steps: int = 20
+    saa_steps: int = DEFAULTS.saa_steps
     saa_merge: str = "min_margin"
     train_subset: int | None = None
     val_size: int = DEFAULTS.val_size

@@ -13,8 +13,8 @@ from bench.config import catalog
 from bench.config.configs import EvalConfig, TrainConfig, check_budget, parse_checkpoint, parse_eps
 from bench.config.limits import MAX_ATTACK_STEPS, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
 from bench.config.matrix_merge import origin
-from bench.config.method_params import (canonical_method, check_method_attacks, parse_train_attack,
-                                        resolve_method_params)
+from bench.config.method_params import (canonical_method, check_method_attacks, params_for_attack,
+                                        parse_train_attack, resolve_method_params)
 from bench.config.names import UsageError, lookup, split_list
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def _parse_method_params(file_params: dict[str, dict[str, Any]], flag_params: It
 # why). The sizes that depend on the dataset (val_size, train_subset, test_subset, batch_size) are checked per
 # dataset in _check_sizes.
 _COUNTS = {"epochs": MAX_EPOCHS, "batch_size": None, "val_size": None, "attack_steps": MAX_ATTACK_STEPS,
+           "saa_steps": MAX_ATTACK_STEPS,
            "train_subset": None, "test_subset": None, "eval_batch_size": None}
 _RATES = {"lr": (MAX_LR, "> 0", "SGD diverges far below it; recipes use 0.01-0.2"),
           "weight_decay": (MAX_WEIGHT_DECAY, ">= 0", "recipes use 1e-4 to 5e-3")}
@@ -172,9 +173,10 @@ def _method_params(values: dict[str, Any], pairs: list[tuple[str, str]]) -> dict
     methods = list(dict.fromkeys(m for m, _ in pairs))
     file_params, flag_params = values["method_params"]
     overrides = _parse_method_params(file_params, flag_params, methods)
+    params = {m: resolve_method_params(m, overrides.get(m)) for m in methods}
     for m, a in pairs:
-        check_method_attacks(m, a.split("+"), values["attack_steps"])
-    return {m: resolve_method_params(m, overrides.get(m)) for m in methods}
+        check_method_attacks(m, a.split("+"), values["attack_steps"], params=params[m])
+    return params
 
 
 def _default_eval_eps(dataset: str, threat_model: str) -> float | None:
@@ -214,7 +216,8 @@ def resolve(values: dict[str, Any]) -> list[Cell]:
                                  f"--batch-size {values['batch_size']} / {REFERENCE_BATCH}, --lr-scale linear) is "
                                  f"above {MAX_LR:g}: SGD diverges far below it.")
             base = TrainConfig(method="at", train_attack="pgd", dataset=dataset, model=model, eps=eps,
-                               attack_steps=values["attack_steps"], attack_step_size=step,
+                               attack_steps=values["attack_steps"], saa_steps=values["saa_steps"],
+                               attack_step_size=step,
                                train_subset=values["train_subset"], val_size=values["val_size"],
                                epochs=values["epochs"], batch_size=values["batch_size"],
                                lr=lr,
@@ -248,6 +251,8 @@ def learning_rate(lr: float | None, model: str, batch_size: int, scale: str = "n
 
 def expand_pairs(base: TrainConfig, pairs: list[tuple[tuple[str, dict], str]], seeds: list[int],
                  eval_cfg: EvalConfig) -> list[Cell]:
-    """One cell per ((method, params), train attack) pair and seed."""
-    return [Cell(replace(base, method=m, method_params=p, train_attack=a, seed=s), eval_cfg)
+    """One cell per ((method, params), train attack) pair and seed; parameters that name a training attack
+    the pair does not train with reset to their defaults (`params_for_attack`)."""
+    return [Cell(replace(base, method=m, method_params=params_for_attack(p, a, catalog.METHODS[m]), train_attack=a,
+                         seed=s), eval_cfg)
             for ((m, p), a), s in itertools.product(pairs, seeds)]

@@ -6,7 +6,7 @@ the eval suite and the method parameters, in sections that mirror `bench run`'s 
     [matrix]  methods, train_attacks, datasets, models, seeds          (lists; each list expands the matrix)
               or rows = [["at", "pgd"], ["lrat", "saa+cw"]] instead of methods x train_attacks: the listed
               (method, train attack) pairs only, as a paper's table has them
-    [train]   epochs, batch_size, lr, lr_scale, precision, weight_decay, eps, attack_steps, step_size,
+    [train]   epochs, batch_size, lr, lr_scale, precision, weight_decay, eps, attack_steps, saa_steps, step_size,
               train_subset, val_size
     [eval]    attacks, test_subset, batch_size, threat_model, eps, precision, checkpoints
     [method_params.<method>]  name = value, e.g. [method_params.gairat] lam = -1.0
@@ -72,6 +72,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "weight_decay": ("weight_decay", _number, "a number"),
         "eps": ("eps", _eps, "a number or a string such as \"8/255\""),
         "attack_steps": ("attack_steps", _int, "an integer"),
+        "saa_steps": ("saa_steps", _int, "an integer"),
         "step_size": ("step_size", _eps, "a number or a string such as \"2/255\""),
         "train_subset": ("train_subset", _int, "an integer"),
         "val_size": ("val_size", _int, "an integer"),

@@ -62,11 +62,25 @@ def resolve_method_params(method: str, overrides: Mapping[str, Any] | None = Non
     return values
 
 
+def params_for_attack(params: Mapping[str, Any], train_attack: str, entry: MethodEntry) -> dict[str, Any]:
+    """The parameters a run with `train_attack` gets: one that names a training attack the run does not train
+    with (`Param.names_train_attack`, LRAT's `gd_attack`) resets to its default, so that run is the same run."""
+    parts = train_attack.split("+")
+    return {k: (entry.params[k].default if k in entry.params and entry.params[k].names_train_attack
+                and v not in parts else v) for k, v in params.items()}
+
+
 def check_method_attacks(method: str, attack_names: Iterable[str], attack_steps: int | None = None,
-                         entry: MethodEntry | None = None) -> None:
-    """Refuse training attacks the method cannot take: too many combined, no kappa, too few steps."""
+                         entry: MethodEntry | None = None, params: Mapping[str, Any] | None = None) -> None:
+    """Refuse training attacks the method cannot take: not among those it accepts, too many combined, no
+    kappa, too few steps (also for a `gd_attack` that needs GAIRAT's kappa)."""
     entry = entry or METHODS[method]
     names = tuple(attack_names)
+    wrong = [a for a in names if entry.train_attacks and a not in entry.train_attacks]
+    if wrong:
+        raise UsageError(f"Method '{method}' trains on its own attack{'s' if len(entry.train_attacks) > 1 else ''} "
+                         f"{', '.join(entry.train_attacks)}, not '{wrong[0]}': use --train-attack "
+                         f"{entry.train_attacks[0]}.")
     if len(names) > entry.max_attacks:
         raise UsageError(f"Method '{method}' takes one training attack; '{'+'.join(names)}' combines "
                          f"{len(names)}. Only lrat/lsat take several (e.g. saa+cw).")
@@ -78,6 +92,10 @@ def check_method_attacks(method: str, attack_names: Iterable[str], attack_steps:
     if attack_steps is not None and attack_steps < entry.min_attack_steps:
         raise UsageError(f"Method '{method}' needs at least {entry.min_attack_steps} attack steps "
                          f"(--attack-steps), got {attack_steps}: {entry.min_attack_steps_why}")
+    gd = (params or {}).get("gd_attack", "none")
+    if gd != "none" and gd in names and attack_steps is not None and attack_steps < 2:
+        raise UsageError(f"Method '{method}' with gd_attack={gd} needs at least 2 attack steps (--attack-steps), "
+                         f"got {attack_steps}: GAIRAT's weights divide by floor(K/2).")
 
 
 def parse_train_attack(value: str) -> str:
@@ -94,5 +112,5 @@ def parse_train_attack(value: str) -> str:
 
 def attack_steps_per_example(train_attack: str, attack_steps: int, saa_targets: int, saa_steps: int) -> int:
     """Gradient steps one training example costs in its attacks (for work estimates)."""
-    per = {"pgd": attack_steps, "cw": attack_steps, "saa": saa_targets * saa_steps, "fgsm": 1}
+    per = {"pgd": attack_steps, "cw": attack_steps, "saa": saa_targets * saa_steps, "fgsm": 1, "kl": attack_steps}
     return sum(per[a] for a in train_attack.split("+"))

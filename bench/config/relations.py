@@ -25,6 +25,7 @@ ATTACK_RELATIONS: dict[str, dict[str, Relation]] = {
     "cw": {"cw20": "seen"},
     "saa": {"apgd-t": "related", "aa": "related"},  # targeted DLR with APGD: a simplified APGD-T
     "fgsm": {"fgsm": "seen", "pgd20": "related", "apgd-ce": "related"},  # CE, one signed step
+    "kl": {},  # TRADES' KL(p(x) || p(x_adv)): no evaluation attack maximises it, nor contains it
 }
 
 
