@@ -26,6 +26,17 @@ def test_ls_lists_every_registry_entry():
         assert f"  {name} " in out
 
 
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    import bench
+
+    result = CliRunner().invoke(main, ["--version"], prog_name="bench")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"bench, version {version('lrat-bench')}\n"
+    assert bench.__version__ == version("lrat-bench")  # what every result row records as bench_version
+
+
 @pytest.mark.parametrize("args,message", [
     (["--eps", "8"], "Did you mean 8/255?"),
     (["--methods", "iart"], "Did you mean: irat?"),

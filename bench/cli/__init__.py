@@ -49,8 +49,13 @@ class BenchGroup(click.Group):
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
 
 
+DISTRIBUTION = "lrat-bench"  # pyproject.toml's [project] name: `bench --version` reads its installed metadata
+
+
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name=DISTRIBUTION, prog_name="bench",
+                      help="Print the installed lrat-bench version and exit.")
 def main(quiet: bool) -> None:
     """lrat-bench: train and evaluate adversarial-training methods under a train-attack x eval-attack matrix.
 
