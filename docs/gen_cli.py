@@ -22,6 +22,67 @@ Names (methods, attacks, datasets, models) are listed by `bench ls`; what they c
 """
 
 
+JSON_SECTION = """## JSON output
+
+`bench ls`, `bench ls METHOD`, `bench status` and `bench run --dry-run` take `--json`: stdout is then one JSON
+document and nothing else (logs go to stderr), built from the same data as the text, keys in the order below.
+Numbers are plain JSON numbers (never NaN or Infinity; a non-finite parameter value would be the string
+`"inf"`); `null` means "not known" or "not given".
+
+`bench ls --json`: the registries in their display order.
+
+```text
+{"methods":       [METHOD, ...],       one per method (aliases are listed inside it, not as entries)
+ "train_attacks": [{"name", "label", "summary", "has_kappa"}, ...],
+ "eval_attacks":  [{"name", "label", "summary", "strength", "autoattack"}, ...],
+ "datasets":      [{"name", "label", "summary", "num_classes", "in_channels", "image_size", "n_train",
+                    "n_test", "eps_linf", "eps_l2", "default_model"}, ...],
+ "models":        [{"name", "label", "summary", "lr"}, ...]}
+```
+
+`bench ls METHOD --json` (a name or an alias): that method's METHOD object.
+
+```text
+{"name": "gairat", "label": "GAIRAT", "summary": "...", "aliases": ["irat"],
+ "max_attacks": 1,                  training attacks one run may combine with '+'
+ "train_attacks": ["pgd", "cw"],    the training attacks `bench run` accepts for it (each alone)
+ "needs_kappa": true, "min_attack_steps": 2, "min_attack_steps_why": "...",
+ "parameters": [{"name": "lam", "type": "number",   boolean | integer | number | string
+                 "default": -1.0, "source": "GAIRAT.py --Lambda (fixed schedule)",
+                 "choices": [],                      the valid strings; [] when any value of the type is
+                 "low": null, "high": null,          inclusive bounds of a number; null: unbounded
+                 "allow_inf": true}, ...]}           +-inf accepted (`--method-param gairat.lam=inf`)
+```
+
+`bench status --json` and `bench run --dry-run --json`: one object per cell, in the text's order, then the
+totals the text's last lines print. `--state` narrows `cells`; `totals` always counts every cell.
+
+```text
+{"results": "results", "results_exists": true,
+ "cells": [{"run_id": "3f2a9c1b0d4e",
+            "state": "pending",            finished | running | failed | pending | damaged
+            "method": "gairat", "train_attack": "pgd", "dataset": "fashion-mnist", "model": "small-cnn",
+            "seed": 0, "epochs": 10,       from the matrix, or the stored config (null if it is unreadable)
+            "epochs_done": 4,              epochs in history.json
+            "attempts": 1,                 processes that took the cell's lock (attempts.json)
+            "detail": "interrupted (epoch 4/10)",   the text's reason column ("" when none)
+            "label": "gairat/pgd fashion-mnist/small-cnn seed 0 [3f2a9c1b0d4e]",
+            "work_steps": 1234567,         --dry-run only: training left, example-gradient steps
+            "hours": 0.42}, ...],          --dry-run only: hours left; null without a speed figure
+ "totals": {"cells": 16, "finished": 3, "running": 1, "failed": 0, "pending": 12, "damaged": 0,
+            "work_steps": 19753072, "hours": 6.8},   the last two: --dry-run only
+ "estimate": null}                 --dry-run only; with --grad-steps-per-s:
+                                   {"basis": "grad-steps-per-s", "hours", "grad_steps_per_s"};
+                                   with --speed-json: {"basis": "speed-json", "hours", "device",
+                                   "settings": {"model", "batch_size", "precision", "channels_last", "compile"},
+                                   "grad_steps_per_s" (the file's AT rate), "differs": ["model resnet18", ...]}
+```
+
+Finished and running cells have `work_steps` 0 (and `hours` 0.0 when timed). Example:
+`bench status --json | jq -r '.cells[] | select(.state == "failed") | .run_id'`.
+"""
+
+
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command under `group` as its argument path (('run',), ...), groups before their commands."""
     names = sorted(group.commands, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
@@ -49,9 +110,9 @@ def cli_markdown() -> str:
 
     paths = [()] + command_paths(main)
     titles = ["bench" + "".join(f" {p}" for p in path) for path in paths]
-    toc = "\n".join(f"- [`{t}`](#{t.replace(' ', '-')})" for t in titles)
+    toc = "\n".join(f"- [`{t}`](#{t.replace(' ', '-')})" for t in titles) + "\n- [JSON output](#json-output)"
     sections = [f"## {t}\n\n```text\n$ {t} --help\n{help_text(path)}```\n" for t, path in zip(titles, paths)]
-    return HEADER + "\n" + toc + "\n\n" + "\n".join(sections)
+    return HEADER + "\n" + toc + "\n\n" + "\n".join(sections) + "\n" + JSON_SECTION
 
 
 if __name__ == "__main__":

@@ -249,6 +249,26 @@ def test_status_with_a_matrix_lists_its_cells_before_the_first_run(tmp_path):
     assert "No results folder" in out and not (tmp_path / "new").exists()
 
 
+# ---- bench ls METHOD, --json ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,message", [
+    ("lrta", "Unknown method 'lrta'. Did you mean: lrat? (choices: "),
+    ("gairta", "Unknown method 'gairta'. Did you mean: gairat?"),
+    ("pgd", "'pgd' is a training attack, not a method"),
+    ("cifar10", "'cifar10' is a dataset, not a method"),
+])
+def test_ls_of_an_unknown_method_exits_2_with_a_suggestion(name, message):
+    for extra in ([], ["--json"]):
+        res, out = invoke("ls", name, *extra)
+        assert res.exit_code == 2 and message in out and res.stdout == ""
+
+
+def test_json_without_dry_run_is_refused_before_any_work(tmp_path):
+    res, out = invoke(*RUN, "--results", str(tmp_path / "r"), "--json")
+    assert res.exit_code == 2 and "--json prints --dry-run's plan" in out
+    assert not (tmp_path / "r").exists()
+
+
 # ---- bench speed ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [

@@ -202,7 +202,8 @@ def tiny_store(tmp_path_factory, add_run, random_flags) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case", ["help", "run-help", "status", "status-config", "dry-run", "report"])
+@pytest.mark.parametrize("case", ["help", "run-help", "status", "status-config", "dry-run", "status-json", "dry-run-json",
+                                  "report"])
 def test_light_commands_never_import_torch(case, tiny_store, tmp_path):
     args = {
         "help": ["--help"],
@@ -210,6 +211,9 @@ def test_light_commands_never_import_torch(case, tiny_store, tmp_path):
         "status": ["status", "--results", str(tiny_store)],
         "status-config": ["status", "--results", str(tmp_path / "empty"), "--config", "experiments/smoke.toml"],
         "dry-run": ["run", "--dry-run", "--config", "experiments/smoke.toml", "--results", str(tmp_path / "r")],
+        "status-json": ["status", "--results", str(tiny_store), "--json"],
+        "dry-run-json": ["run", "--dry-run", "--json", "--config", "experiments/smoke.toml", "--results",
+                         str(tmp_path / "r")],
         "report": ["report", "--results", str(tiny_store), "--out", str(tmp_path / "out"), "--no-pdf"],
     }[case]
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True,
@@ -221,3 +225,7 @@ def test_light_commands_never_import_torch(case, tiny_store, tmp_path):
         assert "pending" in proc.stdout
     if case == "report":
         assert (tmp_path / "out" / "summary.md").exists()
+    if case.endswith("-json"):  # stdout is the document alone
+        import json
+
+        assert json.loads(proc.stdout)["totals"]["cells"] == (2 if case == "status-json" else 6)

@@ -5,6 +5,7 @@ which parameters the user actually typed. Torch-free, and imports no command mod
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import click
@@ -112,3 +113,15 @@ def eval_precision_option(help: str):
 
 def eval_attacks_option(help: str | None = None):
     return click.option("--eval-attacks", default=RUN_DEFAULTS["eval_attacks"], show_default=True, help=help)
+
+
+def json_option(what: str):
+    """--json: `what` as one JSON document on stdout instead of the text (shapes: docs/cli.md, "JSON output")."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help=f"Print {what} as one JSON document on stdout (shape: docs/cli.md); logs go to stderr.")
+
+
+def echo_json(document: Any) -> None:
+    """One JSON document on stdout: strict JSON (no NaN or Infinity, which JSON parsers refuse), keys in the
+    documented order."""
+    click.echo(json.dumps(document, indent=1, allow_nan=False))

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from bench.cli.common import (RUN_DEFAULTS, data_dir_option, device_option, eval_attacks_option,
-                              eval_batch_size_option, eval_precision_option, given_params, results_option,
-                              threat_model_option, usage_errors)
+from bench.cli.common import (RUN_DEFAULTS, data_dir_option, device_option, echo_json, eval_attacks_option,
+                              eval_batch_size_option, eval_precision_option, given_params, json_option,
+                              results_option, threat_model_option, usage_errors)
 from bench.config.catalog import MODELS
 from bench.config.names import UsageError
 
@@ -69,6 +69,7 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU speed; slower on CPUs).")
 @click.option("--force", is_flag=True, help="Redo cells that are already finished.")
 @click.option("--dry-run", is_flag=True, help="Print the cells, their state and the work left; run nothing.")
+@json_option("--dry-run's cells, work left and totals")
 @click.option("--speed-json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="--dry-run: turn the work into hours with a `bench speed --json` file's figures.")
 @click.option("--grad-steps-per-s", type=float, default=None, help="Measured throughput of one worker in "
@@ -84,8 +85,8 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--max-retries", type=int, default=3, show_default=True,
               help="Ray: retries of a cell whose worker died (pre-emption); it resumes from its checkpoint.")
 @usage_errors
-def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, speed_json, grad_steps_per_s,
-        executor, workers, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
+def run(config, results, data_dir, device, channels_last, compile_model, force, dry_run, as_json, speed_json,
+        grad_steps_per_s, executor, workers, ray_address, gpus_per_cell, cpus_per_cell, max_retries, **matrix_flags):
     """Train and evaluate every cell of datasets x models x methods x training attacks x seeds; finished cells
     are skipped, interrupted ones resume. Exit code 1 if a cell failed, 2 for bad input (nothing written), 130
     if interrupted (Ctrl-C: run it again to resume).
@@ -94,6 +95,7 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     Example:
       bench run --methods at,irat,lrat --train-attack pgd,cw --epochs 10 --train-subset 4096 --test-subset 500
       bench run --config experiments/smoke.toml --dry-run
+      bench run --config experiments/smoke.toml --dry-run --json > plan.json
       bench run --config experiments/smoke.toml --seeds 0,1,2 --executor ray --gpus-per-cell 0.5
     """
     from bench.config.preflight import check_results_dir, load_matrix_data
@@ -103,6 +105,9 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     from bench.config.matrix_cells import resolve
 
     given = given_params(click.get_current_context())
+    if as_json and not dry_run:
+        raise UsageError("--json prints --dry-run's plan; add --dry-run (a run reports on stderr, then `bench status "
+                         "--json`).")
     file_values = load_matrix_file(config) if config else {}
     cells = resolve(merge(RUN_DEFAULTS, file_values, {k: v for k, v in matrix_flags.items() if k in given}))
     if executor == "local" and {"ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries"} & given:
@@ -121,7 +126,7 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
 
     store = Store(results)
     if dry_run:  # reads no dataset: the sizes come from the datasets' definitions
-        _print_plan(store, cells, grad_steps_per_s, load_speed_json(speed_json) if speed_json else None)
+        _print_plan(store, cells, grad_steps_per_s, load_speed_json(speed_json) if speed_json else None, as_json)
         return
     from bench.execution.executors import LocalExecutor, RayExecutor
     from bench.provenance import resolve_device  # torch, from here on
@@ -146,10 +151,12 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     sys.exit(1 if counts["failed"] else 0)
 
 
-def _print_plan(store, cells, grad_steps_per_s, speed) -> None:
-    """`bench run --dry-run`: each cell's state, training work and hours left, then the totals."""
+def _plan(store, cells, grad_steps_per_s, speed) -> tuple[list, dict]:
+    """`bench run --dry-run`'s figures: each cell's status, and the JSON document (docs/cli.md) that both the
+    text and --json print: per cell its state, training work left (example-gradient steps) and hours (None
+    without a throughput figure); the totals; the estimate's basis."""
     from bench.config.matrix_estimate import cell_hours, cell_sizes, grad_steps
-    from bench.execution.status import cell_status, counts, format_table
+    from bench.execution.status import cell_status, totals
 
     sizes = [cell_sizes(c) for c in cells]  # (training points, test points)
     rows = [cell_status(store, c.train.run_id, c, n_test) for c, (_, n_test) in zip(cells, sizes)]
@@ -158,27 +165,54 @@ def _print_plan(store, cells, grad_steps_per_s, speed) -> None:
             for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
     hrs = [cell_hours(c, n_train, s.epochs_done, speed, grad_steps_per_s) if todo else 0.0
            for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
-    extra = {"work": [f"{w:>14,} steps" for w in work]}
-    if any(h is not None for h in hrs):
-        extra["hours"] = [f"{h:>7.2f} h" for h in hrs]
-    for line in format_table(rows, extra):
-        click.echo(line)
-    total = sum(work)
-    click.echo(f"{len(cells)} cells: {counts(rows)}. Work left: {total:,} example-gradient steps "
-               f"(epochs left x train size x (attack steps + 1)).")
+    timed = any(h is not None for h in hrs)
+    estimate = None
     if speed is not None:
         st = speed.settings
-        click.echo(f"Estimate: about {sum(hrs):.3g} GPU-hours of training for one worker, from {speed.device}: "
-                   f"{st.get('model')} batch {st.get('batch_size')} {st.get('precision')}"
+        estimate = {"basis": "speed-json", "hours": sum(hrs), "device": speed.device,
+                    "settings": {k: st.get(k) for k in ("model", "batch_size", "precision", "channels_last", "compile")},
+                    "grad_steps_per_s": speed.grad_steps_per_s,
+                    "differs": sorted({f"{k} {getattr(cells[0].train, k)}" for k in ("model", "batch_size", "precision")
+                                       if k in st and any(getattr(c.train, k) != st[k] for c in cells)})}
+    elif grad_steps_per_s:
+        estimate = {"basis": "grad-steps-per-s", "hours": sum(hrs), "grad_steps_per_s": grad_steps_per_s}
+    document = {
+        "results": str(store.root), "results_exists": store.root.exists(),
+        "cells": [{**s.to_dict(), "work_steps": w, "hours": h if timed else None}
+                  for s, w, h in zip(rows, work, hrs)],
+        "totals": {**totals(rows), "work_steps": sum(work), "hours": sum(hrs) if timed else None},
+        "estimate": estimate,
+    }
+    return rows, document
+
+
+def _print_plan(store, cells, grad_steps_per_s, speed, as_json: bool = False) -> None:
+    """`bench run --dry-run`: each cell's state, training work and hours left, then the totals (text or JSON)."""
+    from bench.execution.status import counts, format_table
+
+    rows, doc = _plan(store, cells, grad_steps_per_s, speed)
+    if as_json:
+        echo_json(doc)
+        return
+    plan, total, estimate = doc["cells"], doc["totals"], doc["estimate"]
+    extra = {"work": [f"{c['work_steps']:>14,} steps" for c in plan]}
+    if total["hours"] is not None:
+        extra["hours"] = [f"{c['hours']:>7.2f} h" for c in plan]
+    for line in format_table(rows, extra):
+        click.echo(line)
+    click.echo(f"{total['cells']} cells: {counts(rows)}. Work left: {total['work_steps']:,} example-gradient steps "
+               f"(epochs left x train size x (attack steps + 1)).")
+    if estimate is not None and estimate["basis"] == "speed-json":
+        st = estimate["settings"]
+        click.echo(f"Estimate: about {estimate['hours']:.3g} GPU-hours of training for one worker, from "
+                   f"{estimate['device']}: {st.get('model')} batch {st.get('batch_size')} {st.get('precision')}"
                    f"{' channels_last' if st.get('channels_last') else ''}{' compiled' if st.get('compile') else ''}"
                    f" (measured images/s per method and attack where the file has them, else its AT rate of "
-                   f"{speed.grad_steps_per_s:,.0f} example-gradient steps/s). Evaluation is not counted.")
-        differ = sorted({f"{k} {getattr(cells[0].train, k)}" for k in ("model", "batch_size", "precision")
-                         if k in st and any(getattr(c.train, k) != st[k] for c in cells)})
-        if differ:
-            click.echo(f"  The cells differ from the measured settings ({', '.join(differ)}): expect a different "
-                       f"time; `bench speed` with the cells' settings gives a closer figure.")
-    elif grad_steps_per_s:
-        click.echo(f"Estimate: about {sum(hrs):.3g} worker-hours at {grad_steps_per_s:g} steps/s.")
+                   f"{estimate['grad_steps_per_s']:,.0f} example-gradient steps/s). Evaluation is not counted.")
+        if estimate["differs"]:
+            click.echo(f"  The cells differ from the measured settings ({', '.join(estimate['differs'])}): expect a "
+                       f"different time; `bench speed` with the cells' settings gives a closer figure.")
+    elif estimate is not None:
+        click.echo(f"Estimate: about {estimate['hours']:.3g} worker-hours at {estimate['grad_steps_per_s']:g} steps/s.")
     else:
         click.echo("Give --speed-json (a `bench speed --json` file) or --grad-steps-per-s for hours.")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from bench.cli.common import RUN_DEFAULTS, results_option, usage_errors
+from bench.cli.common import RUN_DEFAULTS, echo_json, json_option, results_option, usage_errors
 from bench.config.names import UsageError
-from bench.execution.status import STATES, counts, format_table, statuses
+from bench.execution.status import STATES, counts, format_table, statuses, totals
 
 
 @click.command(name="status")
@@ -14,8 +14,9 @@ from bench.execution.status import STATES, counts, format_table, statuses
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A matrix file: also list its cells that have not started (as pending).")
 @click.option("--state", "only", type=click.Choice(STATES), default=None, help="Show only cells in this state.")
+@json_option("the cells and the totals")
 @usage_errors
-def status(results: str, config: str | None, only: str | None) -> None:
+def status(results: str, config: str | None, only: str | None, as_json: bool) -> None:
     """List the cells in a results store as finished / running (lock held) / failed / pending / damaged (a
     stored file truncated, garbled or refused: named, with the reason; `bench run` repairs it), with reasons.
 
@@ -23,6 +24,7 @@ def status(results: str, config: str | None, only: str | None) -> None:
     Example:
       bench status --results results
       bench status --results results --config experiments/smoke.toml --state pending
+      bench status --json | jq -r '.cells[] | select(.state == "failed") | .run_id'
     """
     from pathlib import Path
 
@@ -41,10 +43,15 @@ def status(results: str, config: str | None, only: str | None) -> None:
 
         cells = resolve(merge(RUN_DEFAULTS, load_matrix_file(config), {}))
     rows = statuses(Store(results), cells)
+    shown = [r for r in rows if only is None or r.state == only]
+    if as_json:  # the cells shown, the totals of all (as the text)
+        echo_json({"results": results, "results_exists": Path(results).exists(),
+                   "cells": [r.to_dict() for r in shown], "totals": totals(rows)})
+        return
     if not rows:
         click.echo(f"No runs in {results}/ yet.")
         return
-    for line in format_table([r for r in rows if only is None or r.state == only]):
+    for line in format_table(shown):
         click.echo(line)
     click.echo(f"{len(rows)} cells: {counts(rows)}")
     if not Path(results).exists():

@@ -54,6 +54,9 @@ def is_complete(store: Store, cell: Cell, n_test: int | None = None,
                for c in cell.eval.checkpoints for a in cell.eval.attacks)
 
 
+IDENTITY = ("method", "train_attack", "dataset", "model", "seed", "epochs")  # of the training config
+
+
 @dataclass(frozen=True)
 class CellStatus:
     run_id: str
@@ -62,14 +65,29 @@ class CellStatus:
     detail: str = ""
     epochs_done: int = 0
     attempts: int = 0
+    identity: tuple = (None,) * len(IDENTITY)  # IDENTITY's values; None where the config is unreadable
+
+    def to_dict(self) -> dict:
+        """The cell as `bench status --json` and `bench run --dry-run --json` print it (docs/cli.md)."""
+        return {"run_id": self.run_id, "state": self.state, **dict(zip(IDENTITY, self.identity)),
+                "epochs_done": self.epochs_done, "attempts": self.attempts, "detail": self.detail,
+                "label": self.label}
 
 
-def _label(store: Store, run_id: str) -> str:
+def _identity(store: Store, run_id: str) -> tuple:
+    """IDENTITY's values from the stored config; all None when it is missing or damaged."""
     try:
         t = store.config(run_id)["train"]
+        return tuple(t[k] for k in IDENTITY)
     except (StoreError, KeyError, TypeError):
+        return (None,) * len(IDENTITY)
+
+
+def _label(run_id: str, identity: tuple) -> str:
+    if identity[0] is None:
         return f"? [{run_id}]"
-    return f"{t['method']}/{t['train_attack']} {t['dataset']}/{t['model']} seed {t['seed']} [{run_id}]"
+    method, train_attack, dataset, model, seed, _ = identity
+    return f"{method}/{train_attack} {dataset}/{model} seed {seed} [{run_id}]"
 
 
 def _read_list(path: Path) -> list:
@@ -83,7 +101,8 @@ def _read_list(path: Path) -> list:
 def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int | None = None) -> CellStatus:
     """The state of one cell; with `cell` given, DONE counts as finished only if its whole suite is stored."""
     run_dir = store.run_dir(run_id)
-    label = cell.label if cell is not None else _label(store, run_id)
+    identity = tuple(getattr(cell.train, k) for k in IDENTITY) if cell is not None else _identity(store, run_id)
+    label = cell.label if cell is not None else _label(run_id, identity)
     epochs = cell.train.epochs if cell is not None else None
     history = _read_list(run_dir / "history.json")
     attempts = len(_read_list(run_dir / ATTEMPTS))
@@ -91,7 +110,7 @@ def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int
     progress = f"epoch {done}/{epochs or '?'}" if not store.has(run_id, TRAINED) else "trained"
 
     def status(state: State, detail: str) -> CellStatus:
-        return CellStatus(run_id, state, label, detail, done, attempts)
+        return CellStatus(run_id, state, label, detail, done, attempts, identity)
 
     if lock_held(store, run_id):
         return status("running", f"lock held; {progress}")
@@ -139,7 +158,16 @@ def format_table(rows: list[CellStatus], extra: dict[str, list[str]] | None = No
     return out
 
 
+def tally(rows: list[CellStatus]) -> dict[str, int]:
+    """{state: number of cells in it}, every state of STATES (0 included), in that order."""
+    return {st: sum(r.state == st for r in rows) for st in STATES}
+
+
+def totals(rows: list[CellStatus]) -> dict[str, int]:
+    """{"cells": N, then tally's states}: the totals `--json` prints where the text prints `counts`."""
+    return {"cells": len(rows), **tally(rows)}
+
+
 def counts(rows: list[CellStatus]) -> str:
     """'N finished, N running, N failed, N pending', then ', N damaged' when any is."""
-    return ", ".join(f"{sum(r.state == st for r in rows)} {st}" for st in STATES
-                     if st != "damaged" or any(r.state == st for r in rows))
+    return ", ".join(f"{n} {st}" for st, n in tally(rows).items() if st != "damaged" or n)
