@@ -1,15 +1,20 @@
-"""Export a stored run for RobustBench: its state dict, a `model_info` JSON and a README snippet.
+"""Export a stored run for RobustBench: its state dict, the curated model_info file, a provenance file and a
+README snippet.
 
-`model_info.json` is RobustBench's `ModelInfo` (robustbench.utils) filled the way its `update_json` fills it
-(accuracies as percentage strings rounded to 2 decimals, eps a float in pixel units), plus `threat_model` and
-`n_examples` beside it, and an `lrat_bench` block with what a reader needs to trust the numbers: accuracies as
-floats in [0, 1] for every stored attack, the guards, the run's training choices, versions and checksum.
+`model_info/<dataset>/<Linf|L2>/<name>.json` is laid out and keyed as the files RobustBench curates in its
+repository (`model_info/cifar10/Linf/*.json`, which `robustbench.utils.list_available_models` and the
+leaderboard code read): CURATED_KEYS, in that order, eps as a string ("8/255", "0.5"), accuracies as percentage
+strings with two decimals, "" for what is unknown. `provenance.json` holds what a reader needs to trust the
+numbers and RobustBench has no key for: the threat model, eps as a float, the number of test points, accuracies
+as floats in [0, 1] for every stored attack, the guards, the run's training choices, versions and checksum.
 The numbers come from stored `bench eval` rows (natural and aa on the same points); nothing is recomputed.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
+import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +23,53 @@ from bench.config.catalog import MODELS, default_eps
 from bench.config.names import UsageError
 from bench.store import Store, atomic_path, check_eval, load_torch, model_from_state, read_json, write_json
 
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # robustbench.model_zoo.enums.ThreatModel values: the folder names
 BENCHMARK_DATASETS = ("cifar10", "cifar100")  # what robustbench.eval.benchmark can load, of ours
+
+# The keys, in order, of the files RobustBench curates under model_info/<dataset>/<threat model>/ (verified
+# against RobustBench/robustbench's model_info/cifar10/Linf/Addepalli2022Efficient_RN18.json,
+# Wang2023Better_WRN-28-10.json, Bartoldson2024Adversarial_WRN-94-16.json and cifar10/L2/Wang2023Better_WRN-70-16.json).
+# Not robustbench.utils.ModelInfo: that dataclass lacks "unreliable" and carries the corruptions_* keys, which
+# only the corruptions files have. The optional "external" (a stronger attack's accuracy on a model marked
+# unreliable) is left out: AutoAttack is the evaluation here.
+CURATED_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # RobustBench's ids: Rebuffi2021Fixing_70_16_cutmix_ddpm
 
 
 def _percent(acc: float) -> str:
-    return str(round(acc * 100, 2))  # exactly robustbench.utils.update_json's format
+    return f"{acc * 100:.2f}"  # as RobustBench's curated files write accuracies: "52.48", "0.00"
+
+
+def format_eps(eps: float) -> str:
+    """eps as RobustBench's files write it: "0.5" or "0.031" when a short decimal is exact, "8/255" when a fraction
+    with a denominator up to 1000 is (the float of 8/255 has no short decimal), else the float's shortest repr."""
+    short = f"{eps:.6g}"
+    if float(short) == eps:
+        return short
+    frac = Fraction(eps).limit_denominator(1000)
+    if abs(float(frac) - eps) <= 1e-12 * max(eps, 1e-12):
+        return f"{frac.numerator}/{frac.denominator}"
+    return repr(eps)
+
+
+def check_name(name: str) -> str:
+    """The model's name, which is also its file's name: letters, digits, '.', '_', '-', starting with a letter or
+    digit, at most 100 characters (no path, no hidden file); UsageError otherwise."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"--name {name!r} is not a safe file name: use letters, digits, '.', '_' and '-', starting "
+                         f"with a letter or digit, at most 100 characters (RobustBench's ids look like "
+                         f"Rebuffi2021Fixing_70_16_cutmix_ddpm).")
+    if name.endswith(".json"):
+        raise UsageError(f"--name {name!r}: give the name without .json (the file is <name>.json).")
+    return name
+
+
+def default_name(config: dict[str, Any]) -> str:
+    """lrat-bench_<method>_<train attack>_<run id's first 8 characters>, '+' of combined attacks as '-'."""
+    train = config["train"]
+    raw = f"lrat-bench_{train['method']}_{train['train_attack']}_{config['run_id'][:8]}"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", raw)[:100]
 
 
 def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, eps: float | None) -> dict[str, dict]:
@@ -48,25 +94,33 @@ def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, ep
     return max(usable, key=lambda g: g["natural"]["n_eval"])
 
 
-def model_info(config: dict[str, Any], rows: dict[str, dict], model_sha256: str) -> dict[str, Any]:
-    """RobustBench's ModelInfo fields, plus threat_model, n_examples and the lrat_bench block."""
-    from bench.evaluation.autoattack_compat import install
-
-    install()  # robustbench's package __init__ imports `autoattack`
-    from robustbench.utils import ModelInfo
-
+def model_info(config: dict[str, Any], rows: dict[str, dict], name: str, link: str = "", venue: str = "") -> dict:
+    """The curated file's content: CURATED_KEYS in RobustBench's order. "reported" is the AutoAttack accuracy
+    this export reports (RobustBench's "reported" is what the submission itself claims); "authors" is left ""
+    (fill it in before a submission)."""
     train, nat, aa = config["train"], rows["natural"], rows["aa"]
+    info = {
+        "link": link, "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
+        "dataset": train["dataset"], "venue": venue,
+        "architecture": MODELS[train["model"]].label if train["model"] in MODELS else train["model"],
+        "eps": format_eps(aa["eval_eps"]), "clean_acc": _percent(nat["accuracy"]),
+        "reported": _percent(aa["accuracy"]), "autoattack_acc": _percent(aa["accuracy"]),
+        "footnote": f"AutoAttack standard (pyautoattack {aa.get('pyautoattack_version', '?')}, seed "
+                    f"{aa['eval_seed']}) on {aa['n_eval']} test points ({aa.get('test_points', 'unknown order')}); "
+                    f"lrat-bench run {config['run_id']}.",
+        "unreliable": False,
+    }
+    assert tuple(info) == CURATED_KEYS
+    return info
+
+
+def provenance(config: dict[str, Any], rows: dict[str, dict], model_sha256: str, model_info_path: str) -> dict:
+    """What the curated file has no key for: threat model, eps as a float, n_examples and the run's record."""
+    train, aa = config["train"], rows["aa"]
     worst = rows.get("worst", {})
-    info = dataclasses.asdict(ModelInfo(
-        name=f"lrat-bench {train['method']} ({train['train_attack']}) run {config['run_id']}",
-        additional_data=False, number_forward_passes=1, dataset=train["dataset"],
-        architecture=MODELS[train["model"]].label if train["model"] in MODELS else train["model"], eps=aa["eval_eps"],
-        clean_acc=_percent(nat["accuracy"]), autoattack_acc=_percent(aa["accuracy"]),
-        footnote=f"AutoAttack standard (pyautoattack {aa.get('pyautoattack_version', '?')}, seed "
-                 f"{aa['eval_seed']}) on {aa['n_eval']} test points ({aa.get('test_points', 'unknown order')})."))
-    info["threat_model"] = THREAT_MODELS[aa["threat_model"]]
-    info["n_examples"] = aa["n_eval"]
-    info["lrat_bench"] = {
+    return {
+        "model_info": model_info_path, "threat_model": THREAT_MODELS[aa["threat_model"]], "eps": aa["eval_eps"],
+        "n_examples": aa["n_eval"],
         "run_id": config["run_id"], "method": train["method"], "method_params": train["method_params"],
         "train_attack": train["train_attack"], "train_eps": train["eps"], "model": train["model"],
         "epochs": train["epochs"], "seed": train["seed"], "checkpoint": aa["checkpoint"],
@@ -81,13 +135,11 @@ def model_info(config: dict[str, Any], rows: dict[str, dict], model_sha256: str)
                                              "robustbench_version", "git_commit")},
         "model_file": "model.pt", "model_sha256": model_sha256,
     }
-    return info
 
 
-def readme(info: dict[str, Any], config: dict[str, Any]) -> str:
+def readme(info: dict[str, Any], prov: dict[str, Any], config: dict[str, Any]) -> str:
     train = config["train"]
     data = DATASETS[train["dataset"]]
-    lb = info["lrat_bench"]
     load = (f"import torch\nfrom bench.models import build_model\n\n"
             f"model = build_model({train['model']!r}, num_classes={data.num_classes}, in_channels={data.in_channels}, "
             f"image_size={data.image_size})\n"
@@ -99,7 +151,7 @@ def readme(info: dict[str, Any], config: dict[str, Any]) -> str:
                  "```python\nfrom bench.evaluation.autoattack_compat import install\ninstall()\n"
                  "from robustbench.eval import benchmark\n\n"
                  f"clean, robust = benchmark(model, dataset={train['dataset']!r}, "
-                 f"threat_model={info['threat_model']!r}, eps={info['eps']!r}, n_examples={info['n_examples']}, "
+                 f"threat_model={prov['threat_model']!r}, eps={prov['eps']!r}, n_examples={prov['n_examples']}, "
                  "batch_size=256, data_dir=\"./data\")\n```\n\n"
                  "robustbench's AutoAttack runs with seed=None (seeded from the clock), so its robust accuracy can "
                  "differ from the stored one by a point or two; the clean accuracy must match exactly.\n")
@@ -107,27 +159,32 @@ def readme(info: dict[str, Any], config: dict[str, Any]) -> str:
         check = (f"`robustbench.eval.benchmark` loads only cifar10, cifar100 and imagenet, not {train['dataset']}; "
                  "re-check with AutoAttack directly on the same points:\n\n"
                  "```python\nfrom pyautoattack import AutoAttack\nfrom bench.data import load_data, to_float\n\n"
-                 f"test = load_data({train['dataset']!r}, test_subset={info['n_examples']}).test\n"
+                 f"test = load_data({train['dataset']!r}, test_subset={prov['n_examples']}).test\n"
                  "x, y = to_float(test.x), test.y\n"
-                 f"adversary = AutoAttack(model, eps={info['eps']!r}, norm={info['threat_model']!r}, "
-                 f"seed={lb['eval_seed']}, version=\"standard\")\n"
-                 f"_, y_adv = adversary.run_standard_evaluation(x, y, batch_size={lb.get('eval_batch_size') or 256})"
+                 f"adversary = AutoAttack(model, eps={prov['eps']!r}, norm={prov['threat_model']!r}, "
+                 f"seed={prov['eval_seed']}, version=\"standard\")\n"
+                 f"_, y_adv = adversary.run_standard_evaluation(x, y, batch_size={prov.get('eval_batch_size') or 256})"
                  "\n"
                  "print((y_adv == y).float().mean().item())\n```\n")
     return (f"# {info['name']}\n\n"
             f"| clean | AutoAttack | eps | threat model | n_examples | checkpoint |\n|---|---|---|---|---|---|\n"
-            f"| {info['clean_acc']} % | {info['autoattack_acc']} % | {info['eps']:.6g} | {info['threat_model']} | "
-            f"{info['n_examples']} | {lb['checkpoint']} (epoch {lb['checkpoint_epoch']}) |\n\n"
-            f"Guards flagged: {lb['guards_flagged'] or 'none'}.\n\n"
+            f"| {info['clean_acc']} % | {info['autoattack_acc']} % | {info['eps']} | {prov['threat_model']} | "
+            f"{prov['n_examples']} | {prov['checkpoint']} (epoch {prov['checkpoint_epoch']}) |\n\n"
+            f"Guards flagged: {prov['guards_flagged'] or 'none'}.\n\n"
+            f"RobustBench's entry: `{prov['model_info']}` (its curated keys; fill in `authors`, `link` and `venue` "
+            f"if they are empty); the run's record: `provenance.json`.\n\n"
             f"Load it:\n\n```python\n{load}```\n\n{check}")
 
 
 def export_run(store: Store, run_id: str, out: str | Path, checkpoint: str = "best", threat_model: str = "linf",
-               eps: float | None = None) -> dict[str, Path]:
-    """Write model.pt, model_info.json and README.md under `out`; UsageError (nothing written) if the run
-    lacks the stored natural/aa rows."""
+               eps: float | None = None, name: str | None = None, link: str = "", venue: str = "") -> dict[str, Path]:
+    """Write model.pt, model_info/<dataset>/<Linf|L2>/<name>.json, provenance.json and README.md under `out`, each
+    atomically; UsageError (nothing written) for an unsafe name or a run that lacks the stored natural/aa rows."""
+    if name is not None:
+        check_name(name)
     rows = pick_group(store, run_id, checkpoint, threat_model, eps)
     config = store.config(run_id)
+    name = name if name is not None else default_name(config)
     source = store.run_dir(run_id) / f"{checkpoint}.pt"
     if not source.is_file():
         raise UsageError(f"Run {run_id} has no checkpoint file {source.name}.")
@@ -141,12 +198,17 @@ def export_run(store: Store, run_id: str, out: str | Path, checkpoint: str = "be
         raise UsageError(f"The stored rows of run {run_id} were computed on another {source.name} (checkpoint_sha "
                          f"{', '.join(sorted(other))}; the file's is {sha[:16]}). Evaluate it again first: bench eval "
                          f"{run_id} --results {store.root} --eval-attacks natural,aa --checkpoint {checkpoint}")
-    info = model_info(config, rows, sha)
+    info = model_info(config, rows, name, link, venue)
+    relative = Path("model_info", config["train"]["dataset"], THREAT_MODELS[rows["aa"]["threat_model"]], f"{name}.json")
+    prov = provenance(config, rows, sha, relative.as_posix())
     out = Path(out)
-    written = {"model": out / "model.pt", "model_info": out / "model_info.json", "readme": out / "README.md"}
+    written = {"model": out / "model.pt", "model_info": out / relative, "provenance": out / "provenance.json",
+               "readme": out / "README.md"}
     with atomic_path(written["model"]) as tmp:
         tmp.write_bytes(data)
-    write_json(written["model_info"], info)
+    write_json(written["provenance"], prov)
+    with atomic_path(written["model_info"]) as tmp:  # RobustBench's order and indent, not write_json's sorted keys
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
     with atomic_path(written["readme"]) as tmp:
-        tmp.write_text(readme(info, config))
+        tmp.write_text(readme(info, prov, config))
     return written

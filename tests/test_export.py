@@ -1,22 +1,25 @@
 """The `autoattack` shim (fra31 signature over pyautoattack), `robustbench.eval.benchmark` end to end through it,
-and `bench export` (state dict, RobustBench model_info, a README whose load snippet runs)."""
+robustbench's CIFAR test points against ours, and `bench export` (state dict, RobustBench's curated
+model_info/<dataset>/<threat model>/<name>.json, provenance, a README whose load snippet runs)."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import re
+from fractions import Fraction
 
 import pytest
 import torch
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
-from support import CFG, N, Fragile, modes, suite, write_run
+from support import CFG, N, Fragile, modes, suite, tree, write_run
 
 from bench.evaluation.autoattack_compat import install
 from bench.cli import main
 from bench.data import load_data, to_float
 from bench.evaluation.evaluate import evaluate_run
+from bench.export import CURATED_KEYS, format_eps, model_info, readme
 from bench.store import decode_flags, eval_group
 
 assert install()  # before robustbench is first imported
@@ -83,6 +86,28 @@ def test_robustbench_benchmark_runs_end_to_end(monkeypatch, threat_model, eps):
     assert clean == pytest.approx(4 / 6) and robust == 0.0
 
 
+def test_cifar_test_points_are_robustbench_load_cifar10s(monkeypatch, tmp_path):
+    """The CIFAR protocol the README claims: bench.data's first N test points are exactly what
+    robustbench.data.load_cifar10(N) returns (torchvision's test set, in its order, pixels / 255); both read
+    torchvision's CIFAR10, stood in for here by one holding random pixels (no download)."""
+    import robustbench.data
+    import torchvision
+
+    class StandIn(torchvision.datasets.CIFAR10):  # torchvision's own __getitem__ and __len__
+        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
+            gen = torch.Generator().manual_seed(0 if train else 1)
+            n = 200 if train else 250
+            self.root, self.train, self.transform, self.target_transform = root, train, transform, target_transform
+            self.data = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+            self.targets = torch.randint(0, 10, (n,), generator=gen).tolist()
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", StandIn)
+    x_rb, y_rb = robustbench.data.load_cifar10(n_examples=130, data_dir=str(tmp_path))
+    test = load_data("cifar10", val_size=20, test_subset=130, data_dir=str(tmp_path)).test
+    assert torch.equal(test.indices, torch.arange(130)) and torch.equal(test.y, y_rb)
+    assert torch.equal(to_float(test.x), x_rb)
+
+
 # --- bench export ---------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -94,26 +119,44 @@ def evaluated(tmp_path, trained_state):
     return store, run_id, test
 
 
-def test_export_writes_model_info_and_a_readme_that_loads_the_model(evaluated, tmp_path, monkeypatch):
+def export(store, run_id, out, *extra):
+    return CliRunner().invoke(main, ["export", run_id, "--results", str(store.root), "--out", str(out), "--eps", "0.3",
+                                     *extra])
+
+
+def curated(name: str) -> set[str]:
+    """The files and folders an export of the synthetic run at L-inf writes, its curated file named `name`."""
+    return {"model.pt", "provenance.json", "README.md", "model_info", "model_info/synthetic",
+            "model_info/synthetic/Linf", f"model_info/synthetic/Linf/{name}.json"}
+
+
+def test_export_writes_robustbench_curated_file_and_a_readme_that_loads_the_model(evaluated, tmp_path, monkeypatch):
     store, run_id, test = evaluated
     out = tmp_path / "export"
-    result = CliRunner().invoke(main, ["export", run_id[:5], "--results", str(store.root), "--out", str(out),
-                                       "--eps", "0.3"])
+    result = export(store, run_id[:5], out)
     assert result.exit_code == 0, result.output
-    info = json.loads((out / "model_info.json").read_text())
-    assert {f.name for f in dataclasses.fields(ModelInfo)} <= set(info)
+    name = f"lrat-bench_at_pgd_{run_id[:8]}"
+    assert tree(out) == curated(name)
+    text = (out / "model_info" / "synthetic" / "Linf" / f"{name}.json").read_text()
+    info = json.loads(text)
+    assert tuple(info) == CURATED_KEYS and text.startswith('{\n  "link": "",\n')  # its keys, order and indent
     group = eval_group("best", "linf", 0.3, N)
     natural = decode_flags(store.read_eval(run_id, group, "natural")["flags"])
-    assert info["clean_acc"] == str(round(sum(natural) / N * 100, 2)) and info["autoattack_acc"] == "0.0"
-    assert (info["eps"], info["threat_model"], info["n_examples"]) == (0.3, "Linf", N)
-    assert (info["architecture"], info["dataset"], info["additional_data"]) == ("SmallCNN", "synthetic", False)
-    lb = info["lrat_bench"]
-    assert lb["run_id"] == run_id and lb["accuracy"]["aa"] == 0.0 and lb["test_points"] == "balanced-subset"
-    assert lb["model_sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
-    assert "guard_eval_mode" in lb["guards"]
-    readme = (out / "README.md").read_text()
-    assert readme in result.output and "robustbench.eval.benchmark" in readme
-    load_snippet, recheck_snippet = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert info == {"link": "", "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
+                    "dataset": "synthetic", "venue": "", "architecture": "SmallCNN", "eps": "0.3",
+                    "clean_acc": f"{sum(natural) / N * 100:.2f}", "reported": "0.00", "autoattack_acc": "0.00",
+                    "footnote": info["footnote"], "unreliable": False}
+    assert f"on {N} test points (balanced-subset)" in info["footnote"] and run_id in info["footnote"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["model_info"] == f"model_info/synthetic/Linf/{name}.json"
+    assert (prov["threat_model"], prov["eps"], prov["n_examples"]) == ("Linf", 0.3, N)
+    assert prov["run_id"] == run_id and prov["accuracy"]["aa"] == 0.0 and prov["test_points"] == "balanced-subset"
+    assert prov["model_sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
+    assert "guard_eval_mode" in prov["guards"]
+    readme_text = (out / "README.md").read_text()
+    assert readme_text in result.output and "robustbench.eval.benchmark" in readme_text
+    assert prov["model_info"] in readme_text
+    load_snippet, recheck_snippet = re.findall(r"```python\n(.*?)```", readme_text, re.S)
     monkeypatch.chdir(out)
     scope: dict = {}
     exec(load_snippet, scope)  # the README's own code
@@ -124,27 +167,84 @@ def test_export_writes_model_info_and_a_readme_that_loads_the_model(evaluated, t
     assert (scope["y_adv"] == scope["y"]).tolist() == decode_flags(store.read_eval(run_id, group, "aa")["flags"])
 
 
-def test_export_files_honour_the_umask(evaluated, tmp_path, umask):
-    """model.pt, model_info.json and README.md (and the folder) are as readable as the umask says: 0644 under
-    umask 022, where RobustBench submitters share them, 0600 under 077."""
+def test_export_name_link_and_venue_land_in_the_file(evaluated, tmp_path):
     store, run_id, _ = evaluated
     out = tmp_path / "export"
-    result = CliRunner().invoke(main, ["export", run_id, "--results", str(store.root), "--out", str(out),
-                                       "--eps", "0.3"])
+    result = export(store, run_id, out, "--name", "Lab2025AT_PGD-R18", "--link", "https://example.org/at",
+                    "--venue", "ICLR 2022")
     assert result.exit_code == 0, result.output
-    expected = {".": 0o777 & ~umask, **{name: 0o666 & ~umask for name in ("model.pt", "model_info.json", "README.md")}}
-    assert modes(out) == expected
+    assert tree(out) == curated("Lab2025AT_PGD-R18")
+    info = json.loads((out / "model_info/synthetic/Linf/Lab2025AT_PGD-R18.json").read_text())
+    assert (info["name"], info["link"], info["venue"]) == ("Lab2025AT_PGD-R18", "https://example.org/at", "ICLR 2022")
+    assert (out / "README.md").read_text().startswith("# Lab2025AT_PGD-R18\n")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "with space", "x" * 101, "Model.json"])
+def test_export_refuses_an_unsafe_name_and_writes_nothing(tmp_path, trained_state, name):
+    store, run_id = write_run(tmp_path / "results", trained_state)
+    before = tree(store.root)
+    out = tmp_path / "export"
+    result = export(store, run_id, out, "--name", name)
+    assert result.exit_code == 2, result.output
+    assert f"--name {name!r}" in result.output and ("not a safe file name" in result.output
+                                                      or "without .json" in result.output)
+    assert not out.exists() and tree(store.root) == before and tree(tmp_path) == {"results", *{
+        f"results/{p}" for p in before}}
+
+
+def test_curated_keys_are_robustbench_model_info_less_the_corruptions_keys():
+    """robustbench 1.1.1 ships no model_info files (they live in its repository); its ModelInfo, which its
+    update_json writes, has the curated keys in the same order except "unreliable" (a later key of the curated
+    files) and the corruptions_* keys, which only the corruptions leaderboards' files carry."""
+    fields = [f.name for f in dataclasses.fields(ModelInfo)]
+    assert [k for k in fields if not k.startswith("corruptions_")] == [k for k in CURATED_KEYS if k != "unreliable"]
+
+
+def test_robustbench_leaderboard_code_reads_an_exported_cifar_file(tmp_path, monkeypatch, capsys):
+    """eps 8/255 is written "8/255", accuracies with two decimals, and robustbench's own reader of
+    ./model_info/<dataset>/<threat model>/*.json (get_leaderboard_latex) takes the file."""
+    from robustbench.utils import get_leaderboard_latex
+
+    config = {"run_id": "0123456789ab", "train": {"dataset": "cifar10", "model": "resnet18"}}
+    rows = {"natural": {"accuracy": 0.8512}, "aa": {"accuracy": 0.4, "eval_eps": 8 / 255, "eval_seed": 0,
+                                                     "n_eval": 1000, "test_points": "first-n"}}
+    info = model_info(config, rows, "Lab2025AT_R18", venue="ICLR 2022")
+    assert (info["eps"], info["clean_acc"], info["reported"], info["autoattack_acc"]) == ("8/255", "85.12", "40.00",
+                                                                                          "40.00")
+    folder = tmp_path / "model_info" / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    (folder / "Lab2025AT_R18.json").write_text(json.dumps(info, indent=2))
+    monkeypatch.chdir(tmp_path)
+    latex = get_leaderboard_latex("cifar10", "Linf")
+    assert latex == "1 &\\citet{Lab2025AT} & 85.12 & 40.00 & N & RN-18 & ICLR 2022 & N/A\\\\"
+
+
+@pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (2 / 255, "2/255"), (16 / 255, "16/255"), (0.1, "0.1"),
+                                      (0.5, "0.5"), (0.031, "0.031"), (0.3, "0.3"), (0.123456789, "0.123456789")])
+def test_eps_is_written_as_robustbench_writes_it(eps, text):
+    assert format_eps(eps) == text and float(Fraction(text)) == eps  # exact: it reads back as the same float
+
+
+def test_export_files_honour_the_umask(evaluated, tmp_path, umask):
+    """The exported files (and folders) are as readable as the umask says: 0644 under umask 022, where
+    RobustBench submitters share them, 0600 under 077."""
+    store, run_id, _ = evaluated
+    out = tmp_path / "export"
+    result = export(store, run_id, out)
+    assert result.exit_code == 0, result.output
+    paths = curated(f"lrat-bench_at_pgd_{run_id[:8]}")
+    folders = {".", "model_info", "model_info/synthetic", "model_info/synthetic/Linf"}
+    assert modes(out) == {p: (0o777 if p in folders else 0o666) & ~umask for p in paths | folders}
 
 
 def test_export_readme_for_cifar_uses_robustbench_benchmark():
-    from bench.export import readme
-
-    info = {"name": "x", "clean_acc": "80.0", "autoattack_acc": "40.0", "eps": 8 / 255, "threat_model": "Linf",
-            "n_examples": 1000, "lrat_bench": {"checkpoint": "best", "checkpoint_epoch": 60, "guards_flagged": "",
-                                               "eval_seed": 0}}
-    text = readme(info, {"train": {"dataset": "cifar10", "model": "resnet18"}})
+    info = {"name": "x", "clean_acc": "80.00", "autoattack_acc": "40.00", "eps": "8/255"}
+    prov = {"threat_model": "Linf", "eps": 8 / 255, "n_examples": 1000, "checkpoint": "best", "checkpoint_epoch": 60,
+            "guards_flagged": "", "eval_seed": 0, "model_info": "model_info/cifar10/Linf/x.json"}
+    text = readme(info, prov, {"train": {"dataset": "cifar10", "model": "resnet18"}})
     assert "benchmark(model, dataset='cifar10', threat_model='Linf', eps=0.03137254901960784, n_examples=1000" in text
     assert "install()" in text and "build_model('resnet18', num_classes=10, in_channels=3" in text
+    assert "| 80.00 % | 40.00 % | 8/255 | Linf | 1000 |" in text
 
 
 def test_export_without_aa_rows_is_refused_and_writes_nothing(tmp_path, trained_state):
