@@ -10,11 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.report import Selection, parse_selection, write_report
+from bench.report import Selection, load_frame, parse_selection, write_report
 from bench.store import Store
 
 HAS_PDFLATEX = shutil.which("pdflatex") is not None
@@ -35,7 +36,7 @@ def test_standalone_document_compiles_and_includes_every_table_and_figure(store_
     tex = written["report.tex"].read_text()
     for name in ("table", "gap_table", "attack_gaps"):
         assert rf"\input{{{name}.tex}}" in tex and (tmp_path / f"{name}.tex").exists()
-    for fig in ("fig_heatmap", "fig_gap", "fig_curves", "fig_weights"):
+    for fig in ("fig_heatmap", "fig_attack_rank", "fig_gap", "fig_curves", "fig_weights"):
         assert f"{{{fig}.pdf}}" in tex and (tmp_path / f"{fig}.png").exists()
     assert not list(tmp_path.glob("report*.aux")) and not list(tmp_path.glob("report*.log"))  # leftovers cleaned
     assert not list(tmp_path.glob("*.tmp"))  # every file written whole, renamed into place
@@ -86,8 +87,9 @@ def test_a_failed_compile_leaves_no_stale_pdf(tmp_path):
 def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
     written = write_report(store_root, tmp_path, Selection(compile_pdf=False))
     expected = {f"{t}.{ext}" for t in ("table", "guards", "gap_table", "attack_gaps") for ext in ("tex", "md", "csv")}
-    expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "gap", "curves", "weights") for ext in ("pdf", "png")}
-    expected |= {"results.csv", "report.tex", "summary.md"}
+    expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "attack_rank", "gap", "curves", "weights")
+                 for ext in ("pdf", "png")}
+    expected |= {"results.csv", "flags.csv.gz", "attack_rank.csv", "report.tex", "summary.md"}
     assert set(written) == expected and all(p.exists() for p in written.values())
     summary = written["summary.md"].read_text()
     assert "- **GAIRAT (PGD)** vs AT (PGD): on the seen attacks (PGD-20)" in summary
@@ -95,6 +97,55 @@ def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", summary):
         assert (tmp_path / image).exists()  # links resolve next to summary.md
     assert "mail" not in (tmp_path / "results.csv").read_text()  # unfinished run: invisible
+
+
+def test_bench_report_writes_the_attack_rank_figure(store_root, tmp_path):
+    """`bench report` writes fig_attack_rank.{pdf,png} and attack_rank.csv, whose ranks are those of
+    table.csv's means (1 + the number of the row's attacks with a lower mean; natural and worst not ranked),
+    and report.tex includes the figure with a caption saying what a rank is, over how many seeds and points."""
+    result = CliRunner().invoke(main, ["report", "--results", str(store_root), "--out", str(tmp_path), "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig_attack_rank.pdf").read_bytes()[:4] == b"%PDF"
+    assert (tmp_path / "fig_attack_rank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = pd.read_csv(tmp_path / "table.csv")
+    cells = cells[~cells.eval_attack.isin(["natural", "worst"])]
+    ranks = pd.read_csv(tmp_path / "attack_rank.csv")
+    assert len(ranks) == len(cells) == 9 and set(ranks.eval_attack) == {"pgd20", "cw20", "aa"}
+    for r in ranks.itertuples():
+        row = cells[cells.variant == r.variant]
+        assert r.rank == 1 + (row["mean"] < r.accuracy - 1e-9).sum()
+        assert r.accuracy == pytest.approx(row.loc[row.eval_attack == r.eval_attack, "mean"].item())
+    tex = (tmp_path / "report.tex").read_text()
+    figure = tex[tex.index("{fig_attack_rank.pdf}"):]
+    caption = figure[:figure.index("\\end{figure}")]
+    assert "rank 1 = the strongest attack (the lowest accuracy)" in caption
+    assert "mean over 2 seeds on the 80 test points" in caption
+    assert "![attack_rank](fig_attack_rank.png)" in (tmp_path / "summary.md").read_text()
+
+
+def test_flags_csv_gz_holds_every_point_of_every_row_behind_the_tables(store_root, tmp_path):
+    """flags.csv.gz (read by pandas as is): one line per test point of every selected stored row, the row's
+    identity, and per row the mean of `robust` is the stored accuracy and the sequence is the stored flags.
+    With --methods gairat: GAIRAT's rows and the baseline AT's (the tables' reference row), not LRAT's."""
+    written = write_report(store_root, tmp_path / "all", Selection(compile_pdf=False))
+    flags = pd.read_csv(written["flags.csv.gz"], dtype={"run_id": str})
+    assert list(flags.columns) == ["run_id", "method", "train_attack", "dataset", "model", "seed", "checkpoint",
+                                   "checkpoint_sha", "eval_attack", "threat_model", "eval_eps", "eval_precision",
+                                   "n_eval", "test_points", "points_sha", "point", "robust"]
+    stored = load_frame(store_root)
+    assert len(stored) == 3 * 2 * 5  # 3 variants x 2 seeds x (natural, pgd20, cw20, aa, worst), mail unfinished
+    assert len(flags) == 80 * len(stored) and set(flags.robust) == {0, 1}
+    by_row = flags.groupby(["run_id", "checkpoint", "eval_attack"])
+    assert by_row.size().eq(80).all() and len(by_row) == len(stored)
+    for row in stored.to_dict("records"):
+        got = by_row.get_group((row["run_id"], row["checkpoint"], row["eval_attack"]))
+        assert got["robust"].mean() == pytest.approx(row["accuracy"])
+        assert got["point"].tolist() == list(range(80))
+        assert "".join(map(str, got["robust"])) == row["flags"]
+        assert got[["method", "train_attack", "seed", "eval_eps", "n_eval"]].drop_duplicates().values.tolist() == [
+            [row["method"], row["train_attack"], row["seed"], pytest.approx(row["eval_eps"]), 80]]
+    one = write_report(store_root, tmp_path / "gairat", parse_selection(methods="gairat", compile_pdf=False))
+    assert set(pd.read_csv(one["flags.csv.gz"]).method) == {"gairat", "at"}
 
 
 def test_captions_state_the_selection(store_root, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 from matplotlib.image import AxesImage
@@ -12,7 +13,7 @@ from matplotlib.patches import Rectangle, StepPatch
 import bench.report.plots as plots
 from bench.report import Selection, load_frame
 from bench.report.frame import baseline_for, build_settings, select
-from bench.report.stats import cell_stats, gap_stats
+from bench.report.stats import attack_ranks, cell_stats, gap_stats
 from bench.store import Store
 
 
@@ -55,6 +56,50 @@ def test_heatmap_colour_scale_is_shared_and_never_empty(tables):
     fig = plots.heatmap_figure(flat)
     limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
     assert limits == {(0.0, 1.0)}  # one scale for every panel; natural (~80%) saturates it
+
+
+def test_attack_ranks_oracle_with_ties_and_no_natural_or_worst():
+    """Hand-made cells, in no particular order: per variant, rank 1 = the lowest accuracy, ties share the lower
+    rank (method="min"), natural and worst never ranked; equal means summed in another order (20.000000000000004
+    and 20.0) tie; rows keep the cells' variant order, columns the catalog's attack order."""
+    cells = pd.DataFrame([
+        ("B (PGD)", "cw20", 45.0), ("B (PGD)", "natural", 10.0), ("B (PGD)", "aa", 35.0), ("B (PGD)", "pgd20", 30.0),
+        ("A (CW)", "worst", 5.0), ("A (CW)", "aa", 40.0), ("A (CW)", "pgd20", 50.0), ("A (CW)", "cw20", 40.0),
+        ("A (CW)", "natural", 90.0), ("B (PGD)", "worst", 1.0),
+        ("C (PGD)", "aa", 25.0), ("C (PGD)", "pgd20", 100 * np.mean([0.1, 0.2, 0.3])),
+        ("C (PGD)", "cw20", 100 * np.mean([0.3, 0.2, 0.1])),
+    ], columns=["variant", "eval_attack", "mean"])
+    assert cells.loc[11, "mean"] != cells.loc[12, "mean"]  # the float sums differ in the last bit
+    ranks = attack_ranks(cells)
+    assert list(ranks.columns) == ["variant", "eval_attack", "accuracy", "rank"]
+    got = [(r.variant, r.eval_attack, r.rank) for r in ranks.itertuples()]
+    assert got == [("B (PGD)", "pgd20", 1), ("B (PGD)", "cw20", 3), ("B (PGD)", "aa", 2),
+                   ("A (CW)", "pgd20", 3), ("A (CW)", "cw20", 1), ("A (CW)", "aa", 1),
+                   ("C (PGD)", "pgd20", 1), ("C (PGD)", "cw20", 1), ("C (PGD)", "aa", 3)]
+    assert ranks["accuracy"].tolist() == pytest.approx([30, 45, 35, 50, 40, 40, 20, 20, 25])
+    assert attack_ranks(cells[cells.eval_attack.isin(["natural", "worst"])]).empty  # nothing to rank
+
+
+def test_attack_rank_figure_one_cell_per_variant_and_attack(tables, tmp_path):
+    cells, _ = tables
+    ranks = attack_ranks(cells)
+    assert list(ranks.columns) == ["variant", "method", "train_attack", "eval_attack", "relation", "accuracy", "rank",
+                                   "n_seeds", "n_points"]
+    fig = plots.attack_rank_figure(ranks)
+    ax = next(a for a in fig.axes if a.images and a.get_title())
+    grid = ax.images[0].get_array()
+    assert grid.shape == (3, 3)  # AT, GAIRAT, LRAT x PGD-20, CW-20, AA (natural and worst not ranked)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["PGD-20", "CW-20", "AA"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["AT (PGD)", "GAIRAT (PGD)", "LRAT (CW)"]
+    expected = ranks.pivot(index="variant", columns="eval_attack", values="rank").loc[
+        ["AT (PGD)", "GAIRAT (PGD)", "LRAT (CW)"], ["pgd20", "cw20", "aa"]].to_numpy()
+    assert np.array_equal(np.asarray(grid), expected)
+    for r, text in zip(ranks.itertuples(), [t.get_text() for t in ax.texts]):
+        assert text.startswith(f"{r.rank}\n{r.accuracy:.1f}%")  # rank and mean accuracy in each cell
+    assert sum(t.get_text().endswith("†") for t in ax.texts) == 3  # each row's seen attack
+    assert any(a.get_ylabel() == "rank (1 = strongest: lowest accuracy)" for a in fig.axes)  # the colour bar
+    pdf, png = plots.save(fig, tmp_path / "rank")
+    assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gap_bars_with_intervals_and_missing_values(tables, tmp_path):

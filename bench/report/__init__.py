@@ -16,18 +16,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config.names import UsageError
-from bench.report.frame import Selection, atomic_output, build_settings, load_frame, parse_selection, select
+from bench.report.frame import (Selection, atomic_output, build_settings, load_frame, parse_selection, report_rows,
+                                select)
 from bench.store import Store
 
 __all__ = ["Selection", "load_frame", "parse_selection", "write_report"]
 
 
 def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
-    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags), the
-    tables of the selection (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is
-    installed), summary.md. Returns {name: path} of what was written. Bad selections raise UsageError
-    before anything is written."""
-    from bench.report.document import write_outputs  # matplotlib: loaded only when a report is written
+    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags),
+    flags.csv.gz (the per-test-point robust flags of the rows behind the tables), the tables of the selection
+    (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is installed), summary.md.
+    Returns {name: path} of what was written. Bad selections raise UsageError before anything is written."""
+    from bench.report.document import write_flags, write_outputs  # matplotlib: loaded only when a report is written
 
     df = load_frame(results)
     if df.empty:
@@ -40,5 +41,6 @@ def write_report(results: str | Path, out: str | Path, selection: Selection = Se
     cols = [c for c in df.columns if c != "flags"]
     with atomic_output(written["results.csv"]) as tmp:
         df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(tmp, index=False)
+    written["flags.csv.gz"] = write_flags(report_rows(chosen, baseline_pool, settings), out / "flags.csv.gz")
     written.update(write_outputs(settings, selection, out))
     return written

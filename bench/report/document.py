@@ -3,6 +3,8 @@
 summary.md, a Markdown page to paste into a README or a pull request."""
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import shutil
 import subprocess
@@ -12,9 +14,9 @@ import pandas as pd
 
 import bench.report.plots as plots
 import bench.report.tables as tables
-from bench.report.frame import (Selection, Setting, atomic_output, attack_label, baseline_for, method_label,
-                                tex_escape)
-from bench.report.stats import cell_stats, gap_stats, guard_stats
+from bench.report.frame import (FLAG_ID_COLUMNS, Selection, Setting, atomic_output, attack_label, baseline_for,
+                                method_label, tex_escape)
+from bench.report.stats import attack_ranks, cell_stats, gap_stats, guard_stats
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,19 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
                 f"mean over {seeds} on {sel_tex}, {setting.n_points} test points. $\\dagger$: seen attack, $\\ddagger$: "
                 f"related attack. The colour "
                 f"scale spans the attacked columns; natural accuracy saturates it.")]
+    ranks = attack_ranks(cells)
+    if ranks["eval_attack"].nunique() >= 2:  # one attack has nothing to be ranked against
+        written[f"attack_rank{s}.csv"] = out / f"attack_rank{s}.csv"
+        with atomic_output(written[f"attack_rank{s}.csv"]) as tmp:
+            ranks.to_csv(tmp, index=False)
+        figures.append(("fig_attack_rank", plots.attack_rank_figure(ranks),
+                        f"Which evaluation attack is strongest depends on the training (the LRAT paper's Fig.~2): "
+                        f"for each method and training attack (rows), the evaluation attacks (columns) ranked by the "
+                        f"accuracy they leave, rank 1 = the strongest attack (the lowest accuracy), ties sharing the "
+                        f"lower rank. Each cell: the rank and the accuracy (\\%), mean over {seeds} on the "
+                        f"{setting.n_points} test points. Natural accuracy and the per-example worst case are not "
+                        f"attacks and are not ranked. $\\dagger$: seen attack, $\\ddagger$: related attack. "
+                        f"{sel_tex}."))
     if not gaps.empty:
         figures.append(("fig_gap", plots.gap_figure(gaps, setting.baseline),
                         f"Gap to the baseline ({base_name}) on seen and related attacks, and on unseen attacks (mean "
@@ -160,6 +175,27 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
         body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
     body_tex.append(r"\clearpage")
     return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
+
+
+def write_flags(rows: pd.DataFrame, path: Path) -> Path:
+    """flags.csv.gz: one line per (stored result row, test point) of `rows` (a `load_frame` slice with `flags`):
+    the row's FLAG_ID_COLUMNS (empty where the row lacks one), `point` (the point's position in the evaluated
+    order, 0-based) and `robust` (1: the attack failed on it). Gzip-compressed CSV that pandas.read_csv reads
+    as is; written row by row (a study's flags as one frame would not fit in memory), atomically, and byte for
+    byte the same for the same rows (the gzip header holds no time, and the file's name, not the temporary one's)."""
+    order = [c for c in ("method", "train_attack", "seed", "run_id", "checkpoint", "threat_model", "eval_eps",
+                         "n_eval", "eval_precision", "eval_attack") if c in rows]
+    rows = rows.sort_values(order, kind="stable") if len(rows) else rows
+    ids = pd.DataFrame({c: rows[c] if c in rows else "" for c in FLAG_ID_COLUMNS}, index=rows.index)
+    prefixes = ids.to_csv(header=False, index=False, lineterminator="\n").splitlines() if len(rows) else []
+    name = path.name.removesuffix(".gz")
+    with atomic_output(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename=name, mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+        text.write(",".join([*FLAG_ID_COLUMNS, "point", "robust"]) + "\n")
+        for prefix, flags in zip(prefixes, rows["flags"] if len(rows) else []):
+            text.write("".join(f"{prefix},{i},{f}\n" for i, f in enumerate(flags)))
+    return path
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -32,9 +32,10 @@ from bench.store import Store, atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Selection", "Setting", "Variant", "atomic_output", "attack_label", "attack_order", "baseline_for",
-           "build_settings", "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label",
-           "parse_selection", "row_guards", "row_label", "row_relations", "select", "setting_slug", "tex_escape"]
+__all__ = ["FLAG_ID_COLUMNS", "Selection", "Setting", "Variant", "atomic_output", "attack_label", "attack_order",
+           "baseline_for", "build_settings", "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label",
+           "parse_selection", "report_rows", "row_guards", "row_label", "row_relations", "select", "setting_slug",
+           "tex_escape"]
 
 # Per-run config keys that are not part of a variant: they define the setting, or they are the seed.
 NOT_VARIANT_KEYS = ("seed", "dataset", "model")
@@ -356,3 +357,25 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
                                 histories={r: store.history(r) for r in sorted(run_ids)}, slug=slug,
                                 filters=filters, guards=guards))
     return settings
+
+
+# The identity of a stored result row in flags.csv.gz (docs/results.md): the run, the evaluation group (checkpoint
+# and the checkpoint file, threat model, budget, test points, precision) and the attack; the points by their count,
+# their protocol and the hash of the exact ordered points (`points_sha`). Empty where a row predates a column.
+FLAG_ID_COLUMNS = ("run_id", "method", "train_attack", "dataset", "model", "seed", "checkpoint", "checkpoint_sha",
+                   "eval_attack", "threat_model", "eval_eps", "eval_precision", "n_eval", "test_points", "points_sha")
+
+
+def report_rows(chosen: pd.DataFrame, baseline_pool: pd.DataFrame, settings: Sequence[Setting]) -> pd.DataFrame:
+    """The stored rows behind a report's tables: the selected rows, and the baseline's rows a setting shows as
+    its reference (outside the selection, for the gaps), each at that setting only. Both frames are slices of
+    one `load_frame`, so a row in both is kept once."""
+    parts = [chosen]
+    for s in settings:
+        refs = {r for v in s.variants if v.reference for r in v.run_ids}
+        if refs:
+            b = baseline_pool
+            parts.append(b[b.run_id.isin(refs) & (b.dataset == s.dataset) & (b.model == s.model)
+                           & (b.threat_model == s.threat_model) & (b.eval_eps == s.eps) & (b.n_eval == s.n_points)])
+    rows = pd.concat(parts)
+    return rows[~rows.index.duplicated()]

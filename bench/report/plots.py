@@ -3,6 +3,8 @@ so tests can inspect its axes, labels, bars and cells; `save` writes and release
 figure state in library code.
 
 - heatmap: per method, training attack x eval attack accuracy (mean over seeds);
+- attack rank: per row (method, training attack), the eval attacks ranked by the accuracy they leave (1 = the
+  strongest), the LRAT paper's Fig. 2 (the ranks come from bench/report/stats.py: `attack_ranks`);
 - gap: seen and unseen-attack gaps to the baseline as bars with 95% interval bars;
 - curves: validation natural and PGD accuracy per epoch (mean over seeds, min-max band);
 - weights: share of instances with relative weight < 0.2 per epoch and relative-weight histograms at a few
@@ -15,9 +17,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -93,6 +97,40 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
     for ax in axes[len(methods):]:
         ax.remove()
     fig.colorbar(image, ax=list(axes[:len(methods)]), label="accuracy (%)", shrink=0.9)
+    return fig
+
+
+RANK_CMAP = "YlOrRd_r"  # sequential: rank 1 (the strongest attack) the darkest red, the weakest pale yellow
+
+
+def attack_rank_figure(ranks: pd.DataFrame) -> Figure:
+    """One grid: rows = variants (in `ranks`' order, the report's), columns = eval attacks (the catalog's order),
+    colour = rank (one colour per rank, a discrete colour bar: 1 = strongest), each cell annotated with its rank
+    and accuracy (%), † on seen and ‡ on related attacks. A variant without an attack leaves its cell blank.
+    `ranks`: `bench.report.stats.attack_ranks`."""
+    variants = list(dict.fromkeys(ranks["variant"]))
+    attacks = attack_order(ranks["eval_attack"].unique())
+    n = max(len(attacks), 1)
+    fig = _figure(0.85 * len(attacks) + 0.07 * max(map(len, variants), default=0) + 2.6, 0.42 * len(variants) + 1.9)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps[RANK_CMAP].resampled(n)
+    norm = BoundaryNorm(np.arange(0.5, n + 1.0), cmap.N)
+    grid = np.full((len(variants), len(attacks)), np.nan)
+    for r in ranks.to_dict("records"):
+        i, j = variants.index(r["variant"]), attacks.index(r["eval_attack"])
+        grid[i, j] = r["rank"]
+        red, green, blue, _ = cmap(norm(r["rank"]))
+        mark = {"seen": "†", "related": "‡"}.get(r.get("relation", ""), "")
+        ax.text(j, i, f"{int(r['rank'])}\n{r['accuracy']:.1f}%{mark}", ha="center", va="center", fontsize=7,
+                color="white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(len(attacks)), [attack_label(a) for a in attacks], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(variants)), variants, fontsize=8)
+    ax.set_xlabel("evaluation attack")
+    ax.set_ylabel("method (training attack)")
+    ax.set_title("Rank of each evaluation attack per row (1 = strongest)", fontsize=9)
+    bar = fig.colorbar(image, ax=ax, ticks=range(1, n + 1), shrink=0.9)
+    bar.set_label("rank (1 = strongest: lowest accuracy)", fontsize=8)
     return fig
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bench.report.frame import Setting, Variant
+from bench.report.frame import Setting, Variant, attack_order
 from bench.stats import bootstrap_ci, paired_gap
 
 Aggregate = Literal["all", "mean"]  # over a set of attacks: per-example worst case, or share survived
@@ -121,6 +121,30 @@ def best_in_column(cells: pd.DataFrame) -> pd.Series:
     """Highest mean per eval attack, compared as displayed (2 decimals) so printed ties are all marked."""
     shown = cells["mean"].round(2)
     return shown == shown.groupby(cells["eval_attack"]).transform("max")
+
+
+RANK_COLUMNS = ["variant", "method", "train_attack", "eval_attack", "relation", "accuracy", "rank", "n_seeds",
+                "n_points"]
+
+
+def attack_ranks(cells: pd.DataFrame) -> pd.DataFrame:
+    """Which evaluation attack is strongest against each row (the LRAT paper's Fig. 2: the answer changes with
+    the training method). Per variant, its evaluation attacks ranked by the accuracy (%) they leave, mean over
+    seeds (`cells`: `cell_stats`, or any frame with `variant`, `eval_attack` and `mean`): rank 1 = the strongest
+    attack (lowest accuracy), ties share the lower rank (pandas' method="min"), compared rounded to 1e-9 points
+    so that equal shares summed in another order tie. `natural` and the derived `worst` row are no attack: not ranked.
+    Tidy, one row per (variant, eval attack): variants in `cells`' order (the report's), attacks in the
+    catalog's; `method`, `train_attack`, `relation`, `n_seeds`, `n_points` passed through when `cells` has them."""
+    ranked = cells[~cells["eval_attack"].isin(NOT_AN_ATTACK) & cells["mean"].notna()]
+    columns = [c for c in RANK_COLUMNS if c in ("variant", "eval_attack", "accuracy", "rank") or c in cells]
+    if ranked.empty:
+        return pd.DataFrame(columns=columns)
+    out = ranked.assign(accuracy=ranked["mean"].astype(float))
+    out["rank"] = out["accuracy"].round(9).groupby(out["variant"]).rank(method="min").astype(int)
+    variants = {v: i for i, v in enumerate(dict.fromkeys(cells["variant"]))}
+    attacks = {a: i for i, a in enumerate(attack_order(out["eval_attack"].unique()))}
+    order = sorted(range(len(out)), key=lambda i: (variants[out["variant"].iat[i]], attacks[out["eval_attack"].iat[i]]))
+    return out.iloc[order][columns].reset_index(drop=True)
 
 
 GAP_KEYS = ("acc", "acc_std", "base", "gap", "gap_low", "gap_high", "gap_seed_sd", "b", "c", "p")
