@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from bench.config.catalog import DATASETS as CATALOG_DATASETS, DatasetEntry
 from bench.config.names import UsageError, lookup
+from bench.plugins import attach
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +244,20 @@ def _synthetic(n_train: int = 1536, n_test: int = 512):
     return make(n_train), make(n_test)
 
 
+PLUGIN_LOADERS: dict[str, Callable[[str | None], tuple]] = {}  # plugin datasets (bench/plugins.py)
+
+
+def _install_plugin(name: str, plugin) -> None:
+    DATASETS[name] = DatasetInfo(**vars(plugin.entry), name=name)
+    PLUGIN_LOADERS[name] = plugin.load
+
+
+attach("datasets", _install_plugin)
+
+
 def _load_raw(name: str, data_dir: str | None):
+    if name in PLUGIN_LOADERS:
+        return PLUGIN_LOADERS[name](data_dir)
     if name == "synthetic":
         return _synthetic()
     if name == "fashion-mnist":

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.config.names import lookup
+from bench.plugins import attach
 
 
 class SmallCNN(nn.Module):
@@ -144,6 +145,9 @@ MODELS = {
     "preact-resnet18": lambda k, c, s: ResNet(k, c, preact=True),
     "wrn-34-10": lambda k, c, s: WideResNet(34, 10, k, c),
 }
+
+
+attach("models", MODELS.__setitem__)  # plugin models (bench/plugins.py)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:

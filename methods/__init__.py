@@ -1,4 +1,5 @@
-"""The method registry: an explicit dict, readable in one screen. Add a method = one file + one line here."""
+"""The method registry: an explicit dict, readable in one screen. Add a method = one file + one line here, or
+a plugin outside the package (bench/plugins.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +7,7 @@ from typing import Any
 
 from bench.config.catalog import METHOD_ALIASES
 from bench.config.names import lookup
+from bench.plugins import attach
 from methods.at import AT
 from methods.base import Method, StepContext, StepOutput
 from methods.gairat import GAIRAT
@@ -41,5 +43,7 @@ def build_method_reweighting_now(name: str) -> Method:
     has_burn_in = any(f.name == "burn_in" for f in dataclasses.fields(cls.Params))
     return cls.make({"burn_in": 0.0} if has_burn_in else {})
 
+
+attach("methods", METHODS.__setitem__)  # plugins (bench/plugins.py): installed entry points, `--plugin` modules
 
 __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "build_method", "build_method_reweighting_now", "canonical_method"]

@@ -39,7 +39,7 @@ def test_version_is_the_installed_distributions():
 
 @pytest.mark.parametrize("args,message", [
     (["--eps", "8"], "Did you mean 8/255?"),
-    (["--methods", "iart"], "Did you mean: irat?"),
+    (["--methods", "irta"], "Did you mean: irat?"),
     (["--train-attack", "pdg"], "Did you mean: pgd?"),
     (["--methods", "at", "--train-attack", "saa+cw"], "takes one training attack"),
     (["--methods", "gairat", "--train-attack", "fgsm"], "kappa"),

@@ -30,7 +30,7 @@ def refused(results: Path, *args: str, env: dict | None = None) -> str:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--methods", "iart"], "Unknown method 'iart'. Did you mean: irat?"),
+    (["--methods", "irta"], "Unknown method 'irta'. Did you mean: irat?"),
     (["--train-attack", "pdg"], "Unknown training attack 'pdg'. Did you mean: pgd?"),
     (["--train-attack", "saa+"], "Malformed training attack 'saa+'"),
     (["--dataset", "fashoin-mnist"], "Unknown dataset 'fashoin-mnist'. Did you mean: fashion-mnist?"),

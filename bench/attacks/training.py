@@ -10,6 +10,7 @@ from bench.config import TrainConfig
 from bench.config.catalog import TRAIN_ATTACKS as CATALOG, TrainAttackEntry
 from bench.config.method_params import attack_steps_per_example as steps_per_example
 from bench.attacks.saa import SAA
+from bench.plugins import attach
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ TRAIN_ATTACKS = {
     "fgsm": TrainAttackInfo(CATALOG["fgsm"], lambda c: FGSMRandomStart(c.eps)),
     "kl": TrainAttackInfo(CATALOG["kl"], lambda c: KLPGD(c.eps, c.attack_steps, c.attack_step_size)),
 }
+
+
+attach("train_attacks", TRAIN_ATTACKS.__setitem__)  # plugin training attacks (bench/plugins.py)
 
 
 def build_train_attacks(cfg: TrainConfig) -> tuple:

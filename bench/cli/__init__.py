@@ -22,6 +22,8 @@ from bench.cli.report import report as report_command
 from bench.cli.run import run as run_command
 from bench.cli.speed import speed as speed_command
 from bench.cli.status import status as status_command
+from bench.config.names import UsageError
+from bench.plugins import load_plugins
 
 __all__ = ["DEFAULT_REPORTS", "DEFAULT_RESULTS", "main", "usage_errors"]
 
@@ -56,7 +58,10 @@ DISTRIBUTION = "lrat-bench"  # pyproject.toml's [project] name: `bench --version
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name=DISTRIBUTION, prog_name="bench",
                       help="Print the installed lrat-bench version and exit.")
-def main(quiet: bool) -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Load components from a module that is not installed (a module name or a .py file with a "
+                   "LRAT_BENCH dict; repeatable). Installed plugins (entry points) load without it.")
+def main(quiet: bool, plugins: tuple[str, ...]) -> None:
     """lrat-bench: train and evaluate adversarial-training methods under a train-attack x eval-attack matrix.
 
     \b
@@ -65,6 +70,10 @@ def main(quiet: bool) -> None:
       bench report
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        load_plugins(plugins)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 for _command, _name in ((run_command, "run"), (report_command, "report"), (list_components, "ls"),

@@ -113,4 +113,4 @@ def parse_train_attack(value: str) -> str:
 def attack_steps_per_example(train_attack: str, attack_steps: int, saa_targets: int, saa_steps: int) -> int:
     """Gradient steps one training example costs in its attacks (for work estimates)."""
     per = {"pgd": attack_steps, "cw": attack_steps, "saa": saa_targets * saa_steps, "fgsm": 1, "kl": attack_steps}
-    return sum(per[a] for a in train_attack.split("+"))
+    return sum(per.get(a, attack_steps) for a in train_attack.split("+"))  # a plugin attack: as PGD

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from bench.attacks.pgd import PGD, AttackResult
 from bench.config.catalog import EVAL_ATTACKS as CATALOG, EvalAttackEntry
 from bench.evaluation.guards import refuse_unsafe
+from bench.plugins import attach
 from bench.store import StoreError, decode_flags, encode_flags, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,17 @@ _PARAMS = {
     "cw20": {"steps": 20, "step_size": "eps/4", "cw_kappa": 0.0}, "aa": {"version": "standard"},
     **{name: {"version": "custom"} for name in AA_COMPONENTS},
 }
-EVAL_ATTACKS: dict[str, EvalAttackInfo] = {name: EvalAttackInfo(entry, _PARAMS[name])
-                                           for name, entry in CATALOG.items()}
+EVAL_ATTACKS: dict[str, EvalAttackInfo] = {name: EvalAttackInfo(CATALOG[name], params)  # built-ins; plugins below
+                                           for name, params in _PARAMS.items()}
+PLUGIN_BUILDERS: dict[str, Callable] = {}  # plugin evaluation attacks: (eps, threat_model) -> attack (bench/plugins.py)
+
+
+def _install_plugin(name: str, plugin) -> None:
+    EVAL_ATTACKS[name] = EvalAttackInfo(plugin.entry, plugin.params)
+    PLUGIN_BUILDERS[name] = plugin.build
+
+
+attach("eval_attacks", _install_plugin)
 # What Square is compared with (guards.check_square): AutoAttack's own white-box attacks, as in its
 # check_square_sr. FGSM and PGD-20 are left out: Square (5000 queries) beating them is expected, not masking.
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
@@ -219,6 +230,8 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
                 flags = _natural(model, x, y, batch_size)
             elif name in PGD_NAMES:
                 flags = run_attack_flags(model, x, y, build_pgd(name, eps, threat_model), batch_size)
+            elif name in PLUGIN_BUILDERS:
+                flags = run_attack_flags(model, x, y, PLUGIN_BUILDERS[name](eps, threat_model), batch_size)
             else:
                 components = AA_COMPONENTS if name == "aa" else (name,)
                 flags, resumed, component_seconds = _run_autoattack(

@@ -17,6 +17,7 @@ path), then on the head: `bench run --config experiments/NAME.toml --executor ra
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,7 @@ class RayExecutor:
         started = not ray.is_initialized()
         if started:
             try:
-                ray.init(address=self.address, **(self.init_kwargs or {}))
+                ray.init(address=self.address, **{**_plugin_runtime_env(), **(self.init_kwargs or {})})
             except (ConnectionError, RuntimeError, ValueError) as exc:  # nothing was written yet
                 raise UsageError(f"Cannot start or join Ray ({self.address or 'local instance'}): {exc}") from None
         try:
@@ -176,3 +177,11 @@ def import_ray():
         raise UsageError("--executor ray needs Ray: pip install 'lrat-bench[ray]' (or pip install 'ray[default]').") \
             from None
     return ray
+
+
+def _plugin_runtime_env() -> dict:
+    """`--plugin` modules reach Ray workers through the environment (bench/plugins.py: ENV); installed entry
+    points need nothing: the workers' environment has the same packages."""
+    from bench.plugins import ENV
+
+    return {"runtime_env": {"env_vars": {ENV: os.environ[ENV]}}} if os.environ.get(ENV) else {}

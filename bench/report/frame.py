@@ -254,6 +254,9 @@ def _sort_key(v: Variant) -> tuple:
     return m, v.method, t, v.train_attack.count("+"), v.train_attack, v.label
 
 
+LABELLED_PARAMS = {"p_gd_attack"}  # shown by the row label itself ('LRAT (GD+CW)'), not as '[p_gd_attack=pgd]'
+
+
 def build_variants(runs: pd.DataFrame, configs: dict[str, dict]) -> list[Variant]:
     """Group runs (one row per run) into variants; labels name what differs when one (method, train
     attack) has several configs, e.g. 'GAIRAT (PGD) [p_lam=0.0]'."""
@@ -267,11 +270,13 @@ def build_variants(runs: pd.DataFrame, configs: dict[str, dict]) -> list[Variant
     variants = []
     for (method, attack), group_keys in by_row.items():
         dicts = [json.loads(k) for k in group_keys]
-        differing = sorted({f for d in dicts for f in d if len({json.dumps(x.get(f)) for x in dicts}) > 1})
+        differing = sorted({f for d in dicts for f in d if len({json.dumps(x.get(f)) for x in dicts}) > 1
+                            and f not in LABELLED_PARAMS})
         for k, d in zip(group_keys, dicts):
             members = sorted(groups[k], key=lambda r: (r.seed, r.run_id))
             extra = ", ".join(f"{f}={d.get(f)}" for f in differing)
-            variants.append(Variant(label=row_label(method, attack) + (f" [{extra}]" if extra else ""),
+            params = {f[2:]: v for f, v in d.items() if f.startswith("p_")}
+            variants.append(Variant(label=row_label(method, attack, params) + (f" [{extra}]" if extra else ""),
                                     method=method, train_attack=attack,
                                     run_ids=tuple(r.run_id for r in members),
                                     seeds=tuple(int(r.seed) for r in members)))
