@@ -19,6 +19,10 @@ CELL = ["--dataset", "blobs", "--model", "tiny-mlp", "--methods", "focal,at", "-
         "--epochs", "2", "--val-size", "100", "--eval-attacks", "natural,pgd5,pgd20", "--checkpoints", "last"]
 
 
+_GROUP = {"focal": "methods", "tiny-mlp": "models", "blobs": "datasets", "pgd3": "train_attacks",
+          "pgd5": "eval_attacks"}
+
+
 def bench(*args: str, cwd: Path | None = None, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LRAT_BENCH_PLUGINS"}
     if pythonpath:
@@ -41,10 +45,14 @@ def installed(tmp_path_factory) -> Path:
 def test_an_installed_plugin_is_listed_trained_evaluated_and_reported(installed, tmp_path):
     listed = bench("ls", pythonpath=installed)
     assert listed.returncode == 0, listed.stderr
-    for name in ("focal", "tiny-mlp", "blobs", "pgd3", "pgd5"):
+    for name in ("focal", "tiny-mlp", "blobs", "pgd3", "pgd5"):  # each marked with where it came from
         line = next(line for line in listed.stdout.splitlines() if line.split()[:1] == [name])
-        assert "focal-plugin" in line or name in ("focal", "pgd3", "pgd5", "blobs")  # summaries where given
-    assert "plugin focal-plugin" in listed.stdout
+        assert line.endswith("[plugin focal-plugin (entry point lrat_bench." + _GROUP[name] + ")]"), line
+    assert "[plugin" not in next(line for line in listed.stdout.splitlines() if line.split()[:1] == ["at"])
+    doc = json.loads(bench("ls", "--json", pythonpath=installed).stdout)
+    focal = next(m for m in doc["methods"] if m["name"] == "focal")
+    assert focal["source"].startswith("plugin focal-plugin") and focal["parameters"][0]["name"] == "gamma"
+    assert next(m for m in doc["methods"] if m["name"] == "at")["source"] == "built-in"
 
     done = bench("run", *CELL, "--results", str(tmp_path / "r"), pythonpath=installed)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,6 +12,7 @@ import click
 
 from bench.cli.common import echo_json, json_option, usage_errors
 from bench.config.names import UsageError, lookup
+from bench.plugins import source
 
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
@@ -32,7 +33,7 @@ def method_json(cls) -> dict[str, Any]:
         "aliases": [k for k, v in METHODS.items() if v is cls and k != cls.name],
         "max_attacks": entry.max_attacks, "train_attacks": accepted_attacks(cls.name, entry),
         "needs_kappa": entry.needs_kappa, "min_attack_steps": entry.min_attack_steps,
-        "min_attack_steps_why": entry.min_attack_steps_why,
+        "min_attack_steps_why": entry.min_attack_steps_why, "source": source("methods", cls.name),
         "parameters": [{"name": name, "type": _TYPES.get(type(p.default), type(p.default).__name__),
                         "default": _number(p.default), "source": p.source, "choices": list(p.choices),
                         "low": _number(p.low), "high": _number(p.high), "allow_inf": p.allow_inf}
@@ -64,7 +65,7 @@ def registries_json() -> dict[str, Any]:
     from bench.evaluation.attacks import EVAL_ATTACKS
     from methods import METHODS
 
-    return {
+    doc = {
         "methods": [method_json(cls) for key, cls in METHODS.items() if key == cls.name],  # aliases: in "aliases"
         "train_attacks": [{"name": k, "label": v.entry.label, "summary": v.summary, "has_kappa": v.has_kappa}
                           for k, v in TRAIN_ATTACKS.items()],
@@ -76,6 +77,10 @@ def registries_json() -> dict[str, Any]:
                      for k, v in DATASETS.items()],
         "models": [{"name": k, "label": v.label, "summary": v.summary, "lr": v.lr} for k, v in MODEL_ENTRIES.items()],
     }
+    for kind, entries in doc.items():  # 'built-in', or the plugin it came from (bench/plugins.py)
+        for e in entries:
+            e["source"] = source(kind, e["name"])
+    return doc
 
 
 def valid_values(p: dict[str, Any]) -> str:
@@ -95,6 +100,8 @@ def method_lines(m: dict[str, Any], asked: str | None = None) -> list[str]:
     name = m["name"]
     lines = [f"{asked}: alias of {name}", ""] if asked and asked != name else []
     lines.append(f"{name} ({m['label']}): {m['summary']}")
+    if m["source"] != "built-in":
+        lines.append(f"from {m['source']}")
     combine = (f"; up to {m['max_attacks']} combined with '+' in one run (e.g. saa+cw)" if m["max_attacks"] > 1
                else "; one per run")
     kappa = " (it needs the attack's step count kappa)" if m["needs_kappa"] else ""
@@ -168,12 +175,15 @@ def list_components(method: str | None, as_json: bool):
         echo_json(doc)
         return
     aliases = [(a, m["name"]) for m in doc["methods"] for a in m["aliases"]]
+    def shown(e: dict) -> tuple[str, str]:
+        return e["name"], e["summary"] + ("" if e["source"] == "built-in" else f"  [{e['source']}]")
+
     sections = {
-        "methods": [(m["name"], m["summary"]) for m in doc["methods"]] + [(a, f"alias of {n}") for a, n in aliases],
-        "training attacks": [(e["name"], e["summary"]) for e in doc["train_attacks"]],
-        "evaluation attacks": [(e["name"], e["summary"]) for e in doc["eval_attacks"]],
-        "datasets": [(e["name"], e["summary"]) for e in doc["datasets"]],
-        "models": [(e["name"], e["summary"]) for e in doc["models"]],
+        "methods": [shown(m) for m in doc["methods"]] + [(a, f"alias of {n}") for a, n in aliases],
+        "training attacks": [shown(e) for e in doc["train_attacks"]],
+        "evaluation attacks": [shown(e) for e in doc["eval_attacks"]],
+        "datasets": [shown(e) for e in doc["datasets"]],
+        "models": [shown(e) for e in doc["models"]],
     }
     for title, entries in sections.items():
         click.echo(f"{title}:")
