@@ -33,20 +33,23 @@ Numbers are plain JSON numbers (never NaN or Infinity; a non-finite parameter va
 
 ```text
 {"methods":       [METHOD, ...],       one per method (aliases are listed inside it, not as entries)
- "train_attacks": [{"name", "label", "summary", "has_kappa"}, ...],
- "eval_attacks":  [{"name", "label", "summary", "strength", "autoattack"}, ...],
+ "train_attacks": [{"name", "label", "summary", "has_kappa", "source"}, ...],
+ "eval_attacks":  [{"name", "label", "summary", "strength", "autoattack", "source"}, ...],
  "datasets":      [{"name", "label", "summary", "num_classes", "in_channels", "image_size", "n_train",
-                    "n_test", "eps_linf", "eps_l2", "default_model"}, ...],
- "models":        [{"name", "label", "summary", "lr"}, ...]}
+                    "n_test", "eps_linf", "eps_l2", "default_model", "source"}, ...],
+ "models":        [{"name", "label", "summary", "lr", "source"}, ...]}
 ```
+
+`source` is `"built-in"`, or the plugin an entry came from (docs/contributing.md), e.g.
+`"plugin focal-plugin (entry point lrat_bench.methods)"`.
 
 `bench ls METHOD --json` (a name or an alias): that method's METHOD object.
 
 ```text
 {"name": "gairat", "label": "GAIRAT", "summary": "...", "aliases": ["irat"],
  "max_attacks": 1,                  training attacks one run may combine with '+'
- "train_attacks": ["pgd", "cw"],    the training attacks `bench run` accepts for it (each alone)
- "needs_kappa": true, "min_attack_steps": 2, "min_attack_steps_why": "...",
+ "train_attacks": ["pgd", "cw", "kl"], the training attacks `bench run` accepts for it (each alone)
+ "needs_kappa": true, "min_attack_steps": 2, "min_attack_steps_why": "...", "source": "built-in",
  "parameters": [{"name": "lam", "type": "number",   boolean | integer | number | string
                  "default": -1.0, "source": "GAIRAT.py --Lambda (fixed schedule)",
                  "choices": [],                      the valid strings; [] when any value of the type is
