@@ -127,7 +127,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
         logits = model(x)  # x: float (n, C, H, W) in [0, 1]
 
     Checkpoints load with weights_only=True; a damaged or refused file raises StoreError naming it. `data`: the
-    checkpoint's bytes when already read (the evaluator hashes exactly what it loads).
+    checkpoint's bytes when already read (the evaluator hashes exactly what it loads). The run of an external
+    model (bench.api.evaluate: train_attack "external") raises UsageError: its architecture is not the harness's.
     """
     run_dir = Path(run_dir)
     config = check_config(read_json(run_dir / "config.json"), run_dir / "config.json")
@@ -138,12 +139,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
 def model_from_state(config: dict[str, Any], state: Any, path: Path, device: str = "cpu"):
     """The run's model with `state` (loaded from `path`) in it, on `device`, in eval mode; StoreError if the
     file holds something else than this model's state dict."""
+    from bench.config.catalog import is_external
+
+    train = config["train"]
+    if is_external(train):
+        from bench.config.names import UsageError
+        raise UsageError(f"Run {config['run_id']} is an external model ('{train['method']}', evaluated through "
+                         f"bench.api.evaluate or `bench eval --model-file`): the harness does not know its "
+                         f"architecture, so it cannot rebuild it. Its weights are the state dict in {path}: load "
+                         f"them into your own module (torch.load(..., weights_only=True), load_state_dict).")
     import torch
 
     from bench.data import DATASETS
     from bench.models import build_model
 
-    train = config["train"]
     info = DATASETS[train["dataset"]]
     model = build_model(train["model"], info.num_classes, info.in_channels, info.image_size)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -114,6 +114,9 @@ EVAL_ATTACKS: dict[str, EvalAttackEntry] = {
     "aa": EvalAttackEntry("AA", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), pyautoattack", 3, True),
 }
 WORST = "worst"  # the derived row: per-example AND of every stored attack of a checkpoint
+# The `train_attack` (and `model`) a run folder of a model evaluated from outside records (bench.api.evaluate,
+# `bench eval --model-file`): it trained with nothing the harness knows, so every eval attack is unseen to it.
+EXTERNAL = "external"
 WORST_LABEL = "Worst"
 DEFAULT_EVAL_ATTACKS = ("natural", "pgd20", "cw20", "aa")
 THREAT_MODELS = ("linf", "l2")
@@ -247,8 +250,16 @@ def eval_attack_label(name: str) -> str:
     return EVAL_ATTACKS[name].label if name in EVAL_ATTACKS else name
 
 
+def is_external(train: dict) -> bool:
+    """A stored training config (config.json's "train") of a model evaluated from outside, not trained here."""
+    return train.get("train_attack") == EXTERNAL
+
+
 def row_label(method: str, train_attack: str, params: dict | None = None) -> str:
-    """'GAIRAT (PGD)': a table row; 'LRAT (GD+CW)' for LRAT with gd_attack=pgd on pgd+cw."""
+    """'GAIRAT (PGD)': a table row; 'LRAT (GD+CW)' for LRAT with gd_attack=pgd on pgd+cw; 'my-net (external)'
+    for a model evaluated from outside, under the name it was given."""
+    if train_attack == EXTERNAL:
+        return f"{method} ({EXTERNAL})"
     return f"{method_label(method)} ({train_attack_label(train_attack, (params or {}).get('gd_attack'))})"
 
 

@@ -18,6 +18,10 @@ without the column, from older stores, match only a final checkpoint they do not
 whose row does not match is evaluated again, an unrequested one is set aside (<attack>.json.stale), and the
 worst row is recomputed. `best` and `last` are evaluated only once training is finished (TRAINED): before
 that they are not the run's models.
+
+External models (bench.api.evaluate, `bench eval --model-file`) go through the same `evaluate_run`: their run
+folder holds the module's state dict as its one checkpoint, and the module itself is passed in (the harness
+cannot rebuild an architecture it does not know).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 
 from bench.config import EvalConfig, checkpoint_epoch_number
-from bench.config.catalog import default_eps
+from bench.config.catalog import default_eps, is_external
 from bench.data import Split, to_float
 from bench.evaluation.attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.evaluation.guards import (check_autoattack, check_model, check_monotone, check_square, columns,
@@ -181,9 +185,14 @@ def drop_mismatched_rows(store: Store, run_id: str) -> list[Path]:
 
 
 def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, device: torch.device,
-                 on_attack: Callable[[str, str, dict], None] | None = None) -> list[dict]:
+                 on_attack: Callable[[str, str, dict], None] | None = None,
+                 model: torch.nn.Module | None = None) -> list[dict]:
     """Run every (checkpoint, attack) of `ecfg` not yet stored for `run_id` (or stored from another checkpoint
     file: see the module docstring); return all rows of the suite.
+
+    `model`: the module itself, for the run of an external model (bench.api.evaluate; one checkpoint, whose
+    file holds this module's state dict): evaluated as given, on `device` and in eval mode, instead of rebuilt
+    from the checkpoint (the harness does not know its architecture). An external model's checkpoint is final.
 
     Raises GuardFailure (train-mode model, inputs outside [0, 1]) or UsageError (impossible eps, a checkpoint
     that does not exist, `best`/`last` of a run whose training is not finished) before anything is written for
@@ -191,7 +200,10 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
     """
     config = store.config(run_id)
     train = config["train"]
-    trained = store.has(run_id, TRAINED)
+    external = is_external(train)
+    if model is not None and not (external and len(ecfg.checkpoints) == 1):
+        raise ValueError("evaluate_run: a given model is for the one checkpoint of an external model's run")
+    trained = store.has(run_id, TRAINED) or external
     unfinished = [c for c in ecfg.checkpoints if checkpoint_epoch_number(c) is None]
     if not trained and unfinished:
         raise UsageError(f"Run {run_id} has not finished training (no TRAINED marker): its {'/'.join(unfinished)} "
@@ -216,20 +228,20 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
         sha = file_sha(data=data)
         todo = reconcile_group(store, run_id, group, ecfg.attacks, sha, path,
                                trained or checkpoint_epoch_number(ckpt) is not None)
-        model, model_guards = None, []
+        net, model_guards = None, []
         for attack in ecfg.attacks:
             if attack not in todo:
                 continue
-            if model is None:
-                model, _ = load_run(store.run_dir(run_id), ckpt, str(device), data=data)
-                model.requires_grad_(False)  # attacks need input gradients only
-                model_guards = check_model(model, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)
+            if net is None:
+                net = model if model is not None else load_run(store.run_dir(run_id), ckpt, str(device), data=data)[0]
+                net.requires_grad_(False)  # attacks need input gradients only
+                model_guards = check_model(net, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)
                 for g in model_guards:
                     if g.status == "flag":
                         log.warning("guard %s flagged on %s/%s: %s", g.name, run_id, ckpt, g.detail)
             state = store.eval_path(run_id, group, attack).with_name(f"{attack}.aa_state")
             t0 = time.perf_counter()
-            outcome = run_eval_attack(model, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
+            outcome = run_eval_attack(net, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
                                       batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None,
                                       allow_tf32=ecfg.precision == "tf32", model_id=sha)
             guards = model_guards + [check_autoattack(outcome.warnings, attack in AA_NAMES)]
