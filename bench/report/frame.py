@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from bench.config import parse_checkpoint
-from bench.config.catalog import (METHOD_ALIASES, METHODS, TRAIN_ATTACKS, eval_attack_label, eval_attack_order,
-                                  method_label, method_order, row_label, train_attack_order)
+from bench.config.catalog import (EXTERNAL, METHOD_ALIASES, METHODS, TRAIN_ATTACKS, eval_attack_label,
+                                  eval_attack_order, method_label, method_order, row_label, train_attack_order)
 from bench.config.names import UsageError, split_list, suggest
 from bench.config.relations import row_relation
 from bench.store import Store, atomic_path
@@ -223,11 +223,12 @@ def select(df: pd.DataFrame, sel: Selection, results: str | Path = "the store") 
                  results)
     if sel.baseline not in set(df.method) and sel.baseline not in known_methods:
         raise UsageError(f"Unknown baseline method '{sel.baseline}'.{suggest(sel.baseline, sorted(set(df.method)))}")
-    pool = df[df.checkpoint == sel.checkpoint]
+    external = df.train_attack == EXTERNAL  # one model each, shown whatever the checkpoint and architecture
+    pool = df[(df.checkpoint == sel.checkpoint) | external]
     if sel.datasets:
         pool = pool[pool.dataset.isin(sel.datasets)]
     if sel.models:
-        pool = pool[pool.model.isin(sel.models)]
+        pool = pool[pool.model.isin(sel.models) | (pool.train_attack == EXTERNAL)]
     chosen = pool
     if sel.methods:
         chosen = chosen[chosen.method.isin(sel.methods)]
@@ -320,6 +321,23 @@ def setting_slug(dataset: str, model: str, threat: str, eps: float, n: int, sha:
     return slug
 
 
+def _setting_groups(chosen: pd.DataFrame, baseline_pool: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """(setting key, its selected rows), sorted by key. The rows of a model evaluated from outside (train
+    attack and model "external": bench.api.evaluate) join every setting of the selected trained runs that has
+    its test points and budget, whatever their architecture, else every such setting of the baseline's runs;
+    only when none has them do they make a setting of their own."""
+    external = chosen.train_attack == EXTERNAL
+    groups = dict(list(chosen[~external].groupby(keys, sort=True)))
+    m = keys.index("model")
+    hosts = [list(groups), [k for k, _ in baseline_pool[baseline_pool.train_attack != EXTERNAL].groupby(keys)]]
+    for key, rows in chosen[external].groupby(keys, sort=True):
+        def same(k: tuple) -> bool:
+            return k[:m] + k[m + 1:] == key[:m] + key[m + 1:]
+        for host in next(([k for k in ks if same(k)] for ks in hosts if any(map(same, ks))), [key]):
+            groups[host] = pd.concat([groups[host], rows]) if host in groups else rows
+    return sorted(groups.items(), key=lambda item: item[0])
+
+
 def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFrame, sel: Selection) -> list[Setting]:
     settings = []
     filters = "; ".join(f"{kind} {', '.join(names)}" for kind, names in
@@ -328,7 +346,7 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
     keys = SETTING_COLUMNS + (["points_sha"] if "points_sha" in chosen else [])
     chosen, baseline_pool = (f.assign(points_sha=f["points_sha"].fillna("")) if "points_sha" in f else f
                              for f in (chosen, baseline_pool))
-    groups = list(chosen.groupby(keys, sort=True))
+    groups = _setting_groups(chosen, baseline_pool, keys)
     slugs: set[str] = set()
     for key, rows in groups:
         (dataset, model, threat, eps, n), sha = key[:5], (key[5] if len(key) > 5 else "")
