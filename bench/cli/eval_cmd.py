@@ -1,5 +1,6 @@
-"""`bench eval`: evaluate stored runs with more attacks or another eps, no retraining. Thin glue over
-bench.evaluation.evaluate (imported, with torch, only once the runs are checked)."""
+"""`bench eval`: evaluate stored runs with more attacks or another eps, no retraining; or, with --model-file,
+a model from outside the store (bench.api.evaluate). Thin glue over bench.evaluation.evaluate and bench.api
+(imported, with torch, only once the arguments are checked)."""
 from __future__ import annotations
 
 import re
@@ -10,8 +11,8 @@ from collections import Counter
 import click
 
 from bench.cli.common import (data_dir_option, device_option, eval_attacks_option, eval_batch_size_option,
-                              eval_precision_option, results_option, threat_model_option, usage_errors)
-from bench.config.catalog import DEFAULTS
+                              eval_precision_option, given_params, results_option, threat_model_option, usage_errors)
+from bench.config.catalog import DEFAULTS, EXTERNAL, is_external
 from bench.config.names import UsageError, split_list
 
 
@@ -42,6 +43,10 @@ def _resolve_runs(store, run_ids: tuple[str, ...], ckpts: tuple[str, ...] = ("be
     out = []
     for text in run_ids:
         run_id = resolve_run_id(store, text)
+        if (name := _external_name(store, run_id)) is not None:
+            raise UsageError(f"Run {run_id} is an external model ('{name}'): bench eval cannot rebuild it from the "
+                             f"store. Evaluate its module again: bench eval --model-file PATH.py:FACTORY --name {name} "
+                             f"--dataset ..., or bench.api.evaluate.")
         if not store.has(run_id, TRAINED):
             run_dir = store.run_dir(run_id)
             kept = sorted((p.stem for p in run_dir.glob("epoch*.pt") if p.stem[5:].isdigit()),
@@ -56,6 +61,18 @@ def _resolve_runs(store, run_ids: tuple[str, ...], ckpts: tuple[str, ...] = ("be
                                  f"with `bench run` first.{hint}")
         out.append(run_id)
     return list(dict.fromkeys(out))
+
+
+def _external_name(store, run_id: str) -> str | None:
+    """The name of an external model's run (bench.api.evaluate); None for a trained run or an unreadable config
+    (reported as damaged later)."""
+    from bench.store import StoreError
+
+    try:
+        train = store.config(run_id)["train"]
+    except StoreError:
+        return None
+    return train.get("method") if is_external(train) else None
 
 
 @click.command(name="eval")
@@ -75,11 +92,22 @@ def _resolve_runs(store, run_ids: tuple[str, ...], ckpts: tuple[str, ...] = ("be
 @click.option("--seed", type=int, default=0, show_default=True, help="Eval seed (random starts, AutoAttack).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Runs evaluated at once, each in its own process with an equal share of the CPU threads.")
+@click.option("--model-file", metavar="PATH.py:FACTORY", default=None,
+              help="Evaluate a model from outside the store: FACTORY() in PATH.py returns an nn.Module taking inputs "
+                   "in [0, 1] and returning logits. Needs --name and --dataset; --eps defaults to the dataset's "
+                   "usual budget, --checkpoint to the label 'external'. Stored as a run of its own, shown by "
+                   "`bench report` beside the trained runs.")
+@click.option("--weights", default=None, metavar="FILE",
+              help="--model-file: a state dict (torch.save(model.state_dict(), FILE)) loaded into the model, "
+                   "weights-only.")
+@click.option("--name", default=None, help="--model-file: the model's name in the store and the report (lowercase "
+                                           "letters, digits, '.', '_', '-').")
+@click.option("--dataset", default=None, help="--model-file: the dataset whose test points it is evaluated on.")
 @data_dir_option
 @device_option
 @usage_errors
 def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size,
-                 eval_precision, seed, workers, data_dir, device):
+                 eval_precision, seed, workers, model_file, weights, name, dataset, data_dir, device):
     """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
     store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
     AutoAttack resumes from its state file. Rows record their checkpoint file's SHA-256 and are reused only on
@@ -91,6 +119,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     Example:
       bench eval --results results --eval-attacks fgsm,apgd-ce,apgd-t,fab-t,square
       bench eval 3f2a9c1b --eval-attacks natural,aa --threat-model l2 --eps 1.5
+      bench eval --model-file mynet.py:build --weights mynet.pt --name mynet --dataset cifar10 --eval-attacks natural,aa
     """
     from bench.config import EvalConfig, parse_checkpoint, parse_eps
     from bench.config.limits import MAX_SEED
@@ -101,6 +130,16 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
     from bench.config.names import lookup
     from bench.store import Store, StoreError
 
+    given = given_params(click.get_current_context())
+    if model_file is not None:
+        _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, results, eval_attacks, eps,
+                             threat_model, test_subset, checkpoint, eval_batch_size, eval_precision, seed, data_dir,
+                             device)
+        return
+    for flag in ("weights", "name", "dataset"):
+        if flag in given:
+            raise UsageError(f"--{flag} goes with --model-file (a model from outside the store); stored runs know "
+                             f"their dataset and name.")
     suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()
                                 for a in split_list(eval_attacks)))
     if not suite:
@@ -126,6 +165,10 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             click.echo(f"  DAMAGED run {run_id}: {exc}", err=True)
             damaged.append((run_id, str(exc)))
             continue
+        if is_external(config["train"]):  # only unnamed runs get here: a named one was refused
+            click.echo(f"  skipped {run_id}: external model '{config['train']['method']}' (evaluate its module with "
+                       f"--model-file or bench.api.evaluate)", err=True)
+            continue
         info = DATASETS[config["train"]["dataset"]]
         if test_subset is not None and test_subset > info.n_test:  # as `bench run`: refused, not cut silently
             raise UsageError(f"--test-subset must be at most the size of {info.name}'s test set ({info.n_test:,} "
@@ -142,6 +185,42 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
                                                     batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
                                                     precision=eval_precision)))
     _evaluate(store, jobs, data_dir, device, damaged, workers)
+
+
+def _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, results, eval_attacks, eps, threat_model,
+                         test_subset, checkpoint, eval_batch_size, eval_precision, seed, data_dir, device) -> None:
+    """`bench eval --model-file`: the module FACTORY() builds (with --weights loaded), through bench.api.evaluate
+    once per budget. Every argument is checked before the file is imported; nothing is written on bad input."""
+    from bench import api
+    from bench.config import parse_eps
+    from bench.evaluation.guards import GuardFailure
+
+    if run_ids:
+        raise UsageError(f"--model-file evaluates one model from a file: leave out the run ids ({' '.join(run_ids)}).")
+    if "workers" in given:
+        raise UsageError("--workers is for stored runs; --model-file evaluates one model.")
+    missing = [f"--{f}" for f, v in (("name", name), ("dataset", dataset)) if v is None]
+    if missing:
+        raise UsageError(f"--model-file needs {' and '.join(missing)} (the model's name in the store; the dataset "
+                         f"it is evaluated on).")
+    label = checkpoint if "checkpoint" in given else EXTERNAL
+    budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
+    common = dict(name=name, dataset=dataset, eval_attacks=eval_attacks, threat_model=threat_model,
+                  test_subset=test_subset, checkpoint=label, eval_batch_size=eval_batch_size,
+                  eval_precision=eval_precision, seed=seed)
+    for b in budgets:
+        api.check_evaluation(eps=b, **common)
+    model = api.load_model_file(model_file, weights)
+    source = f"bench eval --model-file {model_file}" + (f" --weights {weights}" if weights else "")
+    rows = []
+    try:
+        for b in budgets:
+            frame = api.evaluate(model, eps=b, results=results, device=device, data_dir=data_dir, source=source,
+                                 **common)
+            rows += frame.drop(columns="flags").to_dict("records")
+    except (GuardFailure, RuntimeError) as exc:
+        raise click.ClickException(f"{name}: {exc}") from None
+    _print_summary(rows)
 
 
 def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, device: str, index: str,
@@ -203,12 +282,12 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
     args = [(results, run_id, config, ecfg, data_dir, device, f"{i}/{len(jobs)}")
             for i, (run_id, config, ecfg) in enumerate(jobs, 1)]
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing
         import os
-        from concurrent.futures import ProcessPoolExecutor
+
+        from bench.execution.executors import worker_pool
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(workers) as pool:
             outcomes = list(pool.map(_evaluate_job, *zip(*args), [threads] * len(args)))
     else:
         outcomes = [_evaluate_job(*a) for a in args]
