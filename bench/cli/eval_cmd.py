@@ -146,9 +146,9 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
         raise UsageError("--eval-attacks is empty.")
     ckpts = tuple(dict.fromkeys(parse_checkpoint(c) for c in split_list(checkpoint)))
     budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
-    for name, value in (("test-subset", test_subset), ("eval-batch-size", eval_batch_size)):
+    for flag, value in (("test-subset", test_subset), ("eval-batch-size", eval_batch_size)):
         if value is not None and value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {value}.")
+            raise UsageError(f"--{flag} must be >= 1, got {value}.")
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must lie in [0, 2^32 - 1 = {MAX_SEED}], got {seed}.")
     if not Path(results, "runs").is_dir():
@@ -193,6 +193,7 @@ def _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, res
     once per budget. Every argument is checked before the file is imported; nothing is written on bad input."""
     from bench import api
     from bench.config import parse_eps
+    from bench.evaluation import external
     from bench.evaluation.guards import GuardFailure
 
     if run_ids:
@@ -205,12 +206,12 @@ def _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, res
                          f"it is evaluated on).")
     label = checkpoint if "checkpoint" in given else EXTERNAL
     budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
-    common = dict(name=name, dataset=dataset, eval_attacks=eval_attacks, threat_model=threat_model,
-                  test_subset=test_subset, checkpoint=label, eval_batch_size=eval_batch_size,
-                  eval_precision=eval_precision, seed=seed)
+    common = {"name": name, "dataset": dataset, "eval_attacks": eval_attacks, "threat_model": threat_model,
+              "test_subset": test_subset, "checkpoint": label, "eval_batch_size": eval_batch_size,
+              "eval_precision": eval_precision, "seed": seed}
     for b in budgets:
-        api.check_evaluation(eps=b, **common)
-    model = api.load_model_file(model_file, weights)
+        external.check_evaluation(eps=b, **common)
+    model = external.load_model_file(model_file, weights)
     source = f"bench eval --model-file {model_file}" + (f" --weights {weights}" if weights else "")
     rows = []
     try:
