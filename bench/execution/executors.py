@@ -62,16 +62,12 @@ class LocalExecutor:
     def _run_parallel(self, cells: list[Cell], force: bool) -> list[CellOutcome]:
         """`workers` processes (spawned: no torch state forked), each running whole cells through the same
         `_run_cell_task` as a Ray worker; the per-cell locks keep them apart as they keep two `bench run`s."""
-        import multiprocessing
-        import os
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
         results = str(Path(self.store.root).absolute())
         progress = MatrixProgress(len(cells), self.workers)
         outcomes: dict[str, CellOutcome] = {}
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_set_threads, initargs=(threads,)) as pool:
+        with worker_pool(self.workers) as pool:
             futures = {pool.submit(_run_cell_task, cell, results, str(self.device), self.data_dir, force,
                                    self.runtime): cell for cell in cells}
             for cell in cells:
@@ -85,10 +81,35 @@ class LocalExecutor:
         return [outcomes[c.train.run_id] for c in cells]
 
 
-def _set_threads(threads: int) -> None:
+def worker_pool(workers: int):
+    """`workers` spawned processes (no torch state forked), each with an equal share of the CPU threads and a
+    watchdog that ends it when this process dies: a `bench run`/`bench eval` killed with SIGTERM or SIGKILL
+    must not leave workers training on, holding cells' locks that its rerun would then find busy."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
+
+
+PARENT_POLL_S = 0.5
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    import threading
+    import time
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:  # reparented (to init or a subreaper) once the parent is gone
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # what the cell wrote is atomic; not DONE, so the next run resumes it
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, force: bool,
