@@ -148,6 +148,12 @@ def test_flags_csv_gz_holds_every_point_of_every_row_behind_the_tables(store_roo
     assert set(pd.read_csv(one["flags.csv.gz"]).method) == {"gairat", "at"}
 
 
+def test_report_files_honour_the_umask(store_root, tmp_path, umask):
+    """Report files are shared like the store's: 0644 under umask 022, 0600 under 077 (what open() gives)."""
+    written = write_report(store_root, tmp_path / "out", Selection(compile_pdf=False))
+    assert {p.stat().st_mode & 0o777 for p in written.values()} == {0o666 & ~umask}
+
+
 def test_captions_state_the_selection(store_root, tmp_path):
     sel = parse_selection(methods="gairat", train_attacks="pgd", checkpoint="best")
     write_report(store_root, tmp_path, sel)

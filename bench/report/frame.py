@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,20 +64,13 @@ def tex_escape(text: str) -> str:
     return text.translate(_TEX_SPECIALS)
 
 
-# The process's umask, read once: atomic_output's files get the mode an open() would give them (the store's
-# temporary files are 0600, which would make every report file private).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`, renamed over it once written: a report file is the old one or the
     whole new one, never half of it (a reader, a crash, Ctrl-C). Its name ends in .tmp: writers that guess
-    the format from the name (savefig) must be told it."""
+    the format from the name (savefig) must be told it. Its mode is the one open() gives (atomic_path)."""
     with atomic_path(path) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)
 
 
 def eps_text(eps: float) -> str:
