@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import DATASETS
-from bench.config.catalog import MODELS, default_eps
+from bench.config.catalog import MODELS, default_eps, is_external
 from bench.config.names import UsageError
 from bench.store import Store, atomic_path, check_eval, load_torch, model_from_state, read_json, write_json
 
@@ -182,6 +182,10 @@ def export_run(store: Store, run_id: str, out: str | Path, checkpoint: str = "be
     atomically; UsageError (nothing written) for an unsafe name or a run that lacks the stored natural/aa rows."""
     if name is not None:
         check_name(name)
+    if is_external(train := store.config(run_id)["train"]):
+        raise UsageError(f"Run {run_id} is an external model ('{train['method']}', bench.api.evaluate): bench export "
+                         f"writes models the harness can rebuild and check; export it from where it was built (its "
+                         f"state dict as evaluated is in {store.run_dir(run_id)}).")
     rows = pick_group(store, run_id, checkpoint, threat_model, eps)
     config = store.config(run_id)
     name = name if name is not None else default_name(config)

@@ -116,6 +116,8 @@ def test_bench_report_and_status_show_it_beside_the_trained_runs(store_copy, tmp
     external = next(r for r in store_copy.run_ids() if store_copy.config(r)["train"]["method"] == "tinynet")
     res = invoke("eval", external, "--results", str(store_copy.root))
     assert res.exit_code == 2 and "--model-file" in res.output
+    res = invoke("export", external, "--results", str(store_copy.root), "--out", str(tmp_path / "exported"))
+    assert res.exit_code == 2 and "external model" in res.output and not (tmp_path / "exported").exists()
 
 
 MODEL_FILE = textwrap.dedent("""
