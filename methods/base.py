@@ -151,6 +151,19 @@ class WeightedCE(Method):
         return StepOutput((w * per_example).mean(), w, relative_weights=w / w.mean())
 
 
+class NaturalAndAdversarial(Method):
+    """loss = objective(f(x), f(x_adv), y, **params), both passes in train mode, f(x) first (as trades.py and
+    mart.py order them), x_adv from the run's one training attack: TRADES and MART."""
+
+    @staticmethod
+    def objective(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, **params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model, x, y, ctx):
+        x_adv = run_attack(model, ctx.attacks[0], x, y, ctx.bn_mode).x_adv
+        return StepOutput(self.objective(model(x), model(x_adv), y, **dataclasses.asdict(self.params)))
+
+
 def build_params(method: str, params_cls: type, overrides: dict[str, Any], entry: MethodEntry):
     """The method's Params from the catalog's defaults and checked overrides (UsageError on a bad value)."""
     return params_cls(**resolve_method_params(method, overrides, entry))

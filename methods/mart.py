@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config.catalog import method_defaults
-from methods.base import Method, StepContext, StepOutput, run_attack
+from methods.base import NaturalAndAdversarial
 
 _DEFAULTS = method_defaults("mart")  # bench/config/catalog.py, with their sources
 
@@ -42,11 +42,8 @@ class MARTParams:
     beta: float = _DEFAULTS["beta"]
 
 
-class MART(Method):
+class MART(NaturalAndAdversarial):
     name = "mart"
     summary = "misclassification-aware AT: boosted CE + beta (1 - p_y(x)) KL (Wang et al. ICLR 2020), beta=6"
     Params = MARTParams
-
-    def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
-        x_adv = run_attack(model, ctx.attacks[0], x, y, ctx.bn_mode).x_adv
-        return StepOutput(mart_loss(model(x), model(x_adv), y, self.params.beta))
+    objective = staticmethod(mart_loss)

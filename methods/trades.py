@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.attacks.losses import kl_loss
 from bench.config.catalog import method_defaults
-from methods.base import Method, StepContext, StepOutput, run_attack
+from methods.base import NaturalAndAdversarial
 
 _DEFAULTS = method_defaults("trades")  # bench/config/catalog.py, with their sources
 
@@ -32,11 +32,8 @@ class TRADESParams:
     beta: float = _DEFAULTS["beta"]
 
 
-class TRADES(Method):
+class TRADES(NaturalAndAdversarial):
     name = "trades"
     summary = "natural CE + beta KL(p(x) || p(x_adv)) on its KL attack (Zhang et al. ICML 2019), beta=6"
     Params = TRADESParams
-
-    def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
-        x_adv = run_attack(model, ctx.attacks[0], x, y, ctx.bn_mode).x_adv
-        return StepOutput(trades_loss(model(x), model(x_adv), y, self.params.beta))
+    objective = staticmethod(trades_loss)
