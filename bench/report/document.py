@@ -125,6 +125,20 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
         body_md += ["### Gap to the baseline", "", written[f"gap_table{s}.md"].read_text(),
                     "### Gap per attack", "", written[f"attack_gaps{s}.md"].read_text()]
 
+    for name, fig, caption in _figures(setting, cells, gaps, hist, out, written):
+        pdf, png = plots.save(fig, out / f"{name}{s}")
+        written[pdf.name], written[png.name] = pdf, png
+        body_tex.append(_figure_tex(pdf, caption))
+        body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
+    body_tex.append(r"\clearpage")
+    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
+
+
+def _figures(setting: Setting, cells: pd.DataFrame, gaps: pd.DataFrame, hist: pd.DataFrame, out: Path,
+             written: dict[str, Path]) -> list[tuple[str, object, str]]:
+    """(file stem, figure, LaTeX caption) of each figure the setting has data for; the attack ranks' CSV is
+    written (into `written`) beside them."""
+    s, sel_tex, base_name = setting.slug, setting.describe(True), method_label(setting.baseline)
     seeds = tables.count_text(cells.groupby("variant")["n_seeds"].max().tolist(), "seed")
     figures = [("fig_heatmap", plots.heatmap_figure(cells),
                 f"Accuracy (\\%) per training attack (rows) and evaluation attack (columns), one panel per method, "
@@ -168,13 +182,8 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
                             f"from our runs), as {what}: (a) share of instances below 0.2 per epoch, mean over "
                             f"{seeds} per row; then per method the histogram at the first, middle and last "
                             f"reweighted epoch, pooled over seeds (last bin: {last}). {sel_tex}."))
-    for name, fig, caption in figures:
-        pdf, png = plots.save(fig, out / f"{name}{s}")
-        written[pdf.name], written[png.name] = pdf, png
-        body_tex.append(_figure_tex(pdf, caption))
-        body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
-    body_tex.append(r"\clearpage")
-    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
+    return figures
+
 
 
 def write_flags(rows: pd.DataFrame, path: Path) -> Path:
