@@ -224,8 +224,8 @@ def _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, res
     _print_summary(rows)
 
 
-def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, device: str, index: str,
-                  threads: int | None = None) -> tuple[str, object]:
+def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, device: str,
+                  index: str) -> tuple[str, object]:
     """One run's evaluation, in this process or a worker's: ("done", rows), or ("refused" | "busy" |
     "damaged", reason). Guards, locks and damaged files stay this run's business; the others go on."""
     from filelock import FileLock, Timeout
@@ -236,10 +236,6 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
     from bench.provenance import resolve_device
     from bench.store import Store, StoreError
 
-    if threads is not None:  # a worker process: its share of the cores
-        import torch
-
-        torch.set_num_threads(threads)
     store, t = Store(results), config["train"]
     label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
     test = load_keyed((t["dataset"], t["val_size"], t["train_subset"], ecfg.test_subset), data_dir, _BUNDLES).test
@@ -283,13 +279,10 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
     args = [(results, run_id, config, ecfg, data_dir, device, f"{i}/{len(jobs)}")
             for i, (run_id, config, ecfg) in enumerate(jobs, 1)]
     if workers > 1 and len(jobs) > 1:
-        import os
-
         from bench.execution.executors import worker_pool
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with worker_pool(workers) as pool:
-            outcomes = list(pool.map(_evaluate_job, *zip(*args), [threads] * len(args)))
+        with worker_pool(workers) as pool:  # each worker with its share of the cores (worker_pool)
+            outcomes = list(pool.map(_evaluate_job, *zip(*args)))
     else:
         outcomes = [_evaluate_job(*a) for a in args]
     refused, busy, summary = [], [], []
