@@ -60,7 +60,7 @@ def test_defaults_per_dataset_and_model():
     assert catalog.default_eps("svhn", "l2") == 0.5 and catalog.default_eps("mnist", "l2") == 1.5
     with pytest.raises(UsageError, match="threat model"):
         catalog.default_eps("cifar10", "l1")
-    assert catalog.default_model("fashion-mnist") == "small-cnn" and catalog.default_model("cifar10") == "resnet18"
+    assert catalog.default_model("fashion-mnist") == "cnn-bn" and catalog.default_model("cifar10") == "resnet18"
     assert catalog.default_lr("small-cnn") == 0.05 and catalog.default_lr("resnet18") == 0.1
 
 

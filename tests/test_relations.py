@@ -15,6 +15,8 @@ EVAL = ("natural", "fgsm", "pgd20", "cw20", "apgd-ce", "apgd-t", "fab-t", "squar
     ("cw", {"cw20": "seen"}),
     ("saa", {"apgd-t": "related", "aa": "related"}),  # the paper's "(rel)" marks for the SAA rows
     ("fgsm", {"fgsm": "seen", "pgd20": "related", "apgd-ce": "related"}),
+    # TRADES' KL attack: its logit gradient is CE's on confidently correct points (test_kl_gradient_is_ce_like)
+    ("kl", {"pgd20": "related", "fgsm": "related", "apgd-ce": "related"}),
     # combined training: the strongest relation of any part wins
     ("saa+cw", {"cw20": "seen", "apgd-t": "related", "aa": "related"}),
     ("pgd+saa", {"pgd20": "seen", "fgsm": "related", "apgd-ce": "related", "apgd-t": "related", "aa": "related"}),
@@ -53,3 +55,18 @@ def test_row_relation_reads_a_stored_row():
 def test_every_training_attack_has_a_row():
     from bench.attacks.training import TRAIN_ATTACKS
     assert set(TRAIN_ATTACKS) <= set(ATTACK_RELATIONS)
+
+
+def test_kl_gradient_is_ce_like():
+    """Why `kl` relates to the CE attacks: d KL(p || softmax(z))/dz = softmax(z) - p and d CE(z, y)/dz =
+    softmax(z) - onehot(y); with the clean prediction p confidently correct (p_y = 0.95) the two directions
+    agree (median cosine over random adversarial logits >= 0.9)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    p = np.full(10, 0.05 / 9)
+    p[0] = 0.95
+    z = rng.normal(0, 2, size=(2000, 10))
+    q = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    kl, ce = q - p, q - np.eye(10)[0]
+    cos = (kl * ce).sum(1) / np.linalg.norm(kl, axis=1) / np.linalg.norm(ce, axis=1)
+    assert np.median(cos) >= 0.9

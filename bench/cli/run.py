@@ -27,7 +27,7 @@ _LR_HELP = ", ".join(f"{name} {entry.lr:g}" for name, entry in MODELS.items())
 @click.option("--dataset", default=RUN_DEFAULTS["dataset"], show_default=True,
               help="Comma-separated datasets, one cell each.")
 @click.option("--model", default=RUN_DEFAULTS["model"],
-              help="Comma-separated models, one cell each. Default: small-cnn for 28x28 data, resnet18 for 32x32.")
+              help="Comma-separated models, one cell each. Default: cnn-bn for 28x28 data, resnet18 for 32x32.")
 @click.option("--epochs", type=int, default=RUN_DEFAULTS["epochs"], show_default=True)
 @click.option("--batch-size", type=int, default=RUN_DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", type=float, default=RUN_DEFAULTS["lr"],

@@ -9,7 +9,7 @@ from bench.config.names import UsageError, split_list
 
 
 @click.command()
-@click.option("--model", default=None, help="Default: the dataset's (small-cnn for 28x28 data, resnet18 for 32x32).")
+@click.option("--model", default=None, help="Default: the dataset's (cnn-bn for 28x28 data, resnet18 for 32x32).")
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="Only its shape is used.")
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True)
 @click.option("--methods", default="at,gairat,mail,lrat", show_default=True)

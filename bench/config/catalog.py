@@ -66,12 +66,14 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {
+    "cnn-bn": ModelEntry("CNN-BN", "BatchNorm CNN for 28x28 inputs, pools early (~0.42M parameters; the 28x28 default)",
+                         0.05),
     "small-cnn": ModelEntry("SmallCNN", "TRADES SmallCNN for 28x28 inputs (~0.3M parameters)", 0.05),
     "resnet18": ModelEntry("ResNet-18", "ResNet-18, CIFAR form (11M)", 0.1),
     "preact-resnet18": ModelEntry("PreActResNet-18", "PreAct ResNet-18, CIFAR form (11M)", 0.1),
     "wrn-34-10": ModelEntry("WideResNet-34-10", "WideResNet-34-10 (46M), as in TRADES/GAIRAT/MAIL", 0.1),
 }
-DEFAULT_MODEL_BY_IMAGE_SIZE = {28: "small-cnn", 32: "resnet18"}
+DEFAULT_MODEL_BY_IMAGE_SIZE = {28: "cnn-bn", 32: "resnet18"}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
 - seen: the eval attack is the training attack's own loss and algorithm (`pgd20` for `pgd`, `cw20` for `cw`);
 - related: the same loss with another optimiser or step count, or an attack that contains it as a component
-  (`fgsm` and `apgd-ce` for `pgd`; `apgd-t` and `aa` for `saa`: the paper's "(rel)", since SAA is a simplified
+  (`fgsm` and `apgd-ce` for `pgd`, and for TRADES' `kl`, whose logit gradient is close to CE's; `apgd-t` and `aa` for `saa`: the paper's "(rel)", since SAA is a simplified
   APGD-T and APGD-T is part of AutoAttack);
 - unseen: everything else, and every evaluation under another threat model or budget (training is L-inf at
   the training eps).
@@ -25,7 +25,9 @@ ATTACK_RELATIONS: dict[str, dict[str, Relation]] = {
     "cw": {"cw20": "seen"},
     "saa": {"apgd-t": "related", "aa": "related"},  # targeted DLR with APGD: a simplified APGD-T
     "fgsm": {"fgsm": "seen", "pgd20": "related", "apgd-ce": "related"},  # CE, one signed step
-    "kl": {},  # TRADES' KL(p(x) || p(x_adv)): no evaluation attack maximises it, nor contains it
+    # TRADES' KL(p(x) || p(x_adv)): on a confidently correct point its gradient on the logits is close to CE's
+    # (median cosine 0.96 at p_y = 0.95, issue 23), so the CE attacks are related, as for `pgd`
+    "kl": {"pgd20": "related", "fgsm": "related", "apgd-ce": "related"},
 }
 
 
