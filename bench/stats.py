@@ -15,6 +15,26 @@ on stacked runs) rejects a true null far too often (the simulation in tests/test
   covers the uncertainty from *which test points* were drawn, for these trained models averaged over the
   runs present; it does not cover how a new training seed would move the gap. That spread is `seed_sd`, the
   standard deviation of the per-run gaps, reported beside the interval.
+
+`seed_gap` compares the *methods*, treating each trained model as one random draw from its method's training
+seeds. `paired_gap` cannot: its sign-flip null is that the two sides are exchangeable at every test point for
+these trained models, so when two methods have the same expected accuracy but each seed's model lands a few
+points above or below it, the models still differ and paired_gap correctly finds that (and so rejects the null
+about the methods in about a third of simulations with +-5-point seed shifts; tests/test_seed_gap.py). seed_gap
+takes the per-point differences D[s, i] = method - baseline (S seeds x N points) as a crossed two-way
+random-effects layout without replication, D = mu + a_s + b_i + e_si (Cornfield & Tukey 1956; Searle, Casella &
+McCulloch, *Variance Components*, 1992; the G-study variance of generalizability theory), whose mean has
+variance sigma_a^2 / S + sigma_b^2 / N + sigma_e^2 / (S N): seed-to-seed and test-point variation both count.
+With the ANOVA mean squares MS_seed = N var(row means), MS_point = S var(column means) and the residual MS_err on
+(S-1)(N-1) df, that is (MS_seed + MS_point - MS_err) / (S N) when both component estimates are >= 0. A
+component estimate below zero (possible: it is a difference of mean squares) is set to zero, so the variance
+used is (max(MS_seed, MS_err) + max(MS_point, MS_err) - MS_err) / (S N): never below the plain ANOVA value, nor
+below var(per-seed gaps) / S (seeds as the unit), and positive unless every difference is the same. The gap is
+the mean of the per-seed gaps; p is two-sided and the interval gap +- t se, both on a t reference with S - 1 df,
+not a Satterthwaite df: close to exact when seed shifts dominate, conservative when the test points carry the variance
+(their components are estimated on far more df), very conservative at 3 seeds. With one seed (or one test
+point) a component cannot be estimated, so p, the interval, se and df are NaN; when every seed and point has
+the same difference, p is 1 for a zero gap and 0 otherwise, with the interval collapsed on the gap.
 """
 from __future__ import annotations
 
@@ -139,3 +159,71 @@ def paired_gap(method, baseline, *, level: float = LEVEL, seed: int = BOOTSTRAP_
                      n_runs=runs, n_points=points,
                      b=int(np.sum((m == 1) & (b == 0))) if binary else -1,
                      c=int(np.sum((m == 0) & (b == 1))) if binary else -1)
+
+
+@dataclass(frozen=True)
+class SeedGap:
+    """A method's gap to its baseline with training seeds as random draws (accuracy points, i.e. %)."""
+
+    gap: float  # mean of the per-seed gaps
+    low: float  # interval at `level` over seeds and test points; NaN with one seed or one point
+    high: float
+    p: float  # two-sided t test, seeds and test points as random; NaN with one seed or one point
+    per_seed: tuple[float, ...]  # each seed's gap, in row order
+    seeds_lower: int  # seeds whose gap is below 0 (the method below the baseline)
+    n_seeds: int
+    n_points: int
+    se: float  # standard error of `gap`; NaN with one seed or one point
+    df: float  # degrees of freedom of the t reference, n_seeds - 1; NaN with one seed or one point
+
+    def __getitem__(self, key: str):  # mapping-style access, like PairedGap
+        return getattr(self, key)
+
+
+def _variance_of_mean(d: np.ndarray) -> float:
+    """Var(mean of d) for a (seeds x points) table under the crossed random-effects model
+    d[s, i] = mu + a_s + b_i + e_si, each variance component estimated by ANOVA and truncated at zero."""
+    seeds, points = d.shape
+    row, col, grand = d.mean(axis=1), d.mean(axis=0), d.mean()
+    ms_seed = points * row.var(ddof=1)
+    ms_point = seeds * col.var(ddof=1)
+    resid = d - row[:, None] - col[None, :] + grand
+    ms_err = float(np.sum(resid ** 2)) / ((seeds - 1) * (points - 1))
+    # (MS_seed + MS_point - MS_err) / (S N) with sigma_a^2 = (MS_seed - MS_err) / N and sigma_b^2 =
+    # (MS_point - MS_err) / S each floored at 0: never below the plain ANOVA value nor var(per seed) / S.
+    return (max(ms_seed, ms_err) + max(ms_point, ms_err) - ms_err) / (seeds * points)
+
+
+def seed_gap(method, baseline, *, level: float = LEVEL) -> SeedGap:
+    """The gap of `method` to `baseline` with training seeds and test points both as random draws.
+
+    `method`, `baseline`: arrays of shape (n_seeds, n_points), bool robust flags or per-point values in
+    [0, 1]; row s of one is seed-matched with row s of the other, every row on the same test points. A 1-D
+    array is one seed."""
+    m, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
+    if m.ndim > 2 or b.ndim > 2:
+        raise ValueError(f"seed_gap takes (n_seeds, n_points) arrays, got {m.ndim}-D and {b.ndim}-D")
+    m, b = np.atleast_2d(m), np.atleast_2d(b)
+    if m.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {m.shape} vs {b.shape} (rows are seed-matched runs)")
+    if m.size == 0:
+        raise ValueError("seed_gap needs at least one seed and one test point")
+    if not (np.isfinite(m).all() and np.isfinite(b).all()):
+        raise ValueError("seed_gap takes finite values (robust flags or shares in [0, 1])")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    seeds, points = m.shape
+    d = m - b
+    per_seed = 100 * d.mean(axis=1)
+    gap = float(np.mean(per_seed))
+    common = dict(gap=gap, per_seed=tuple(float(x) for x in per_seed), seeds_lower=int(np.sum(per_seed < 0)),
+                  n_seeds=seeds, n_points=points)
+    if seeds == 1 or points == 1:  # a variance component that cannot be estimated is not guessed
+        return SeedGap(low=math.nan, high=math.nan, p=math.nan, se=math.nan, df=math.nan, **common)
+    df = float(seeds - 1)
+    if np.all(d == d.flat[0]):  # every seed and point the same difference: no variation to test against
+        return SeedGap(low=gap, high=gap, p=1.0 if gap == 0 else 0.0, se=0.0, df=df, **common)
+    se = 100 * math.sqrt(_variance_of_mean(d))
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(gap) / se, df))
+    return SeedGap(low=gap - half, high=gap + half, p=p, se=se, df=df, **common)
