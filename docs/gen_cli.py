@@ -70,6 +70,9 @@ totals the text's last lines print. `--state` narrows `cells`; `totals` always c
             "attempts": 1,                 processes that took the cell's lock (attempts.json)
             "detail": "interrupted (epoch 4/10)",   the text's reason column ("" when none)
             "label": "gairat/pgd fashion-mnist/small-cnn seed 0 [3f2a9c1b0d4e]",
+            "health": {},                  training-health flags, {flag: reason} (docs/results.md); the detail
+                                           then ends with them: "...; health: loss_stuck: train loss 2.281 ..."
+            "code_fingerprint": "c5b346e9fbfa",   the code that trained it (config.json); null: not recorded
             "work_steps": 1234567,         --dry-run only: training left, example-gradient steps
             "hours": 0.42}, ...],          --dry-run only: hours left; null without a speed figure
  "totals": {"cells": 16, "finished": 3, "running": 1, "failed": 0, "pending": 12, "damaged": 0,

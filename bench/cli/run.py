@@ -148,7 +148,25 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
     for o in outcomes:
         if o.status == "failed":
             click.echo(f"  FAILED {o.cell.label}: {o.reason}", err=True)
+    _warn_other_code(store, [o.cell for o in outcomes if o.status == "skipped"])
     sys.exit(1 if counts["failed"] else 0)
+
+
+def _warn_other_code(store, reused) -> None:
+    """A line on stderr for each finished cell reused (not retrained) whose weights were trained by other code
+    than this checkout's (bench/fingerprint.py); runs without a recorded fingerprint are not judged."""
+    from bench.fingerprint import code_fingerprint, recorded_fingerprint
+    from bench.store import StoreError
+
+    current = code_fingerprint()
+    for cell in reused:
+        try:
+            stored = recorded_fingerprint(store.config(cell.train.run_id))
+        except StoreError:
+            continue
+        if stored is not None and stored != current:
+            click.echo(f"  warning: {cell.label} reused as finished, but trained by code fingerprint {stored}; "
+                       f"this code is {current} (--force retrains it)", err=True)
 
 
 def _plan(store, cells, grad_steps_per_s, speed) -> tuple[list, dict]:

@@ -6,7 +6,7 @@ import click
 
 from bench.cli.common import RUN_DEFAULTS, echo_json, json_option, results_option, usage_errors
 from bench.config.names import UsageError
-from bench.execution.status import STATES, counts, format_table, statuses, totals
+from bench.execution.status import STATES, counts, fingerprint_line, format_table, statuses, totals
 
 
 @click.command(name="status")
@@ -18,7 +18,9 @@ from bench.execution.status import STATES, counts, format_table, statuses, total
 @usage_errors
 def status(results: str, config: str | None, only: str | None, as_json: bool) -> None:
     """List the cells in a results store as finished / running (lock held) / failed / pending / damaged (a
-    stored file truncated, garbled or refused: named, with the reason; `bench run` repairs it), with reasons.
+    stored file truncated, garbled or refused: named, with the reason; `bench run` repairs it), with reasons,
+    and the training-health flags of a run (val_at_chance, loss_stuck, nonfinite_loss: docs/results.md). A
+    last line names the code fingerprints when the runs were trained by different code.
 
     \b
     Example:
@@ -54,5 +56,7 @@ def status(results: str, config: str | None, only: str | None, as_json: bool) ->
     for line in format_table(shown):
         click.echo(line)
     click.echo(f"{len(rows)} cells: {counts(rows)}")
+    if mixed := fingerprint_line(shown):  # their weights came from different training code
+        click.echo(mixed)
     if not Path(results).exists():
         click.echo(f"(No results folder '{results}' yet: nothing has run.)")

@@ -28,8 +28,9 @@ class CellProgress:
 
     def _on_epoch(self, e: dict) -> None:
         weights = f" w<0.2 {e['w_frac_below_0.2']:.0%}" if "w_frac_below_0.2" in e else ""
+        health = f" health: {', '.join(e['health'])}" if e.get("health") else ""  # bench/health.py's flags so far
         msg = (f"{self.label} epoch {e['epoch']}/{self.epochs}: loss {e['train_loss']:.4f} "
-               f"val natural {e['val_natural']:.3f} pgd {e['val_pgd']:.3f}{weights} ({e['seconds']:.1f}s)")
+               f"val natural {e['val_natural']:.3f} pgd {e['val_pgd']:.3f}{weights} ({e['seconds']:.1f}s){health}")
         (self.bar.write(msg) if self.bar is not None and not self.bar.disable else log.info(msg))
 
     def callbacks(self) -> Callbacks:

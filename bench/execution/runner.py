@@ -36,11 +36,12 @@ from bench.data import DataBundle, load_keyed
 from bench.evaluation.evaluate import drop_mismatched_rows, evaluate_run
 from bench.execution.progress import CellProgress, MatrixProgress
 from bench.execution.status import ATTEMPTS, is_complete  # noqa: F401
+from bench.fingerprint import code_fingerprint
 from bench.config.matrix_cells import Cell
 from bench.config.preflight import data_key
 from bench.provenance import provenance
 from bench.store import DONE, FAILED, TRAINED, Store, StoreError, inspect_run, read_json, set_aside, write_json
-from bench.training.loop import RuntimeOptions, train_run
+from bench.training.loop import NonFiniteLoss, RuntimeOptions, train_run
 
 log = logging.getLogger(__name__)
 Status = Literal["done", "skipped", "failed", "busy"]
@@ -155,7 +156,9 @@ class Runner:
         except Exception as exc:  # a failed cell is recorded and the matrix goes on
             reason = f"{type(exc).__name__}: {exc}"
             log.error("cell %s failed: %s", cell.label, reason)
-            write_json(self.store.run_dir(run_id) / FAILED, {"reason": reason, "traceback": traceback.format_exc()})
+            health = {"health": exc.health} if isinstance(exc, NonFiniteLoss) else {}  # `bench status` shows it
+            write_json(self.store.run_dir(run_id) / FAILED,
+                       {"reason": reason, "traceback": traceback.format_exc(), **health})
             return CellOutcome(cell, "failed", time.perf_counter() - t0, reason)
         finally:
             lock.release()
@@ -167,9 +170,9 @@ class Runner:
         self.store.clear(run_id, DONE)
         trained = self.store.has(run_id, TRAINED)
         record_attempt(run_dir, "evaluate" if trained else "train", len(self.store.history(run_id)))
-        if not (run_dir / "config.json").exists():
-            write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(),
-                                                 "provenance": provenance(self.device)})
+        if not (run_dir / "config.json").exists():  # the fingerprint of the code about to train the weights
+            prov = {**provenance(self.device), "code_fingerprint": code_fingerprint()}
+            write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(), "provenance": prov})
         progress = CellProgress(cell.label, cell.train.epochs)
         try:
             if not trained:

@@ -7,12 +7,14 @@ probed by trying it without waiting: flock locks die with their process, so a cr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from filelock import FileLock, Timeout
 
+from bench.fingerprint import mixed_fingerprints_line, recorded_fingerprint
+from bench.health import health_text, run_health
 from bench.store import DONE, FAILED, TRAINED, Store, StoreError, eval_group, inspect_run, read_json
 
 if TYPE_CHECKING:
@@ -66,21 +68,40 @@ class CellStatus:
     epochs_done: int = 0
     attempts: int = 0
     identity: tuple = (None,) * len(IDENTITY)  # IDENTITY's values; None where the config is unreadable
+    health: dict[str, str] = field(default_factory=dict)  # bench/health.py's flags: {flag: reason}
+    code_fingerprint: str | None = None  # of the code that trained it (config.json); None: not recorded
 
     def to_dict(self) -> dict:
         """The cell as `bench status --json` and `bench run --dry-run --json` print it (docs/cli.md)."""
         return {"run_id": self.run_id, "state": self.state, **dict(zip(IDENTITY, self.identity)),
                 "epochs_done": self.epochs_done, "attempts": self.attempts, "detail": self.detail,
-                "label": self.label}
+                "label": self.label, "health": self.health, "code_fingerprint": self.code_fingerprint}
 
 
-def _identity(store: Store, run_id: str) -> tuple:
+def _config(store: Store, run_id: str) -> dict | None:
+    """The stored config; None when it is missing or damaged."""
+    try:
+        return store.config(run_id)
+    except StoreError:
+        return None
+
+
+def _identity(config: dict | None) -> tuple:
     """IDENTITY's values from the stored config; all None when it is missing or damaged."""
     try:
-        t = store.config(run_id)["train"]
-        return tuple(t[k] for k in IDENTITY)
-    except (StoreError, KeyError, TypeError):
+        return tuple(config["train"][k] for k in IDENTITY)
+    except (KeyError, TypeError):
         return (None,) * len(IDENTITY)
+
+
+def _failure(run_dir: Path) -> tuple[str, dict[str, str]]:
+    """(reason, health flags) of a FAILED marker: the runner records a non-finite loss as a flag there."""
+    try:
+        info = read_json(run_dir / FAILED)
+        health = info.get("health")
+        return str(info.get("reason", "?")), dict(health) if isinstance(health, dict) else {}
+    except (StoreError, AttributeError):
+        return "FAILED marker unreadable", {}
 
 
 def _label(run_id: str, identity: tuple) -> str:
@@ -101,16 +122,20 @@ def _read_list(path: Path) -> list:
 def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int | None = None) -> CellStatus:
     """The state of one cell; with `cell` given, DONE counts as finished only if its whole suite is stored."""
     run_dir = store.run_dir(run_id)
-    identity = tuple(getattr(cell.train, k) for k in IDENTITY) if cell is not None else _identity(store, run_id)
+    config = _config(store, run_id) if (run_dir / "config.json").exists() else None
+    identity = tuple(getattr(cell.train, k) for k in IDENTITY) if cell is not None else _identity(config)
     label = cell.label if cell is not None else _label(run_id, identity)
     epochs = cell.train.epochs if cell is not None else None
     history = _read_list(run_dir / "history.json")
     attempts = len(_read_list(run_dir / ATTEMPTS))
     done = len(history)
     progress = f"epoch {done}/{epochs or '?'}" if not store.has(run_id, TRAINED) else "trained"
+    health = run_health(history, identity[2], identity[5])
 
-    def status(state: State, detail: str) -> CellStatus:
-        return CellStatus(run_id, state, label, detail, done, attempts, identity)
+    def status(state: State, detail: str, more_health: dict[str, str] | None = None) -> CellStatus:
+        flags = {**health, **(more_health or {})}
+        text = "; ".join(t for t in (detail, health_text(flags)) if t)
+        return CellStatus(run_id, state, label, text, done, attempts, identity, flags, recorded_fingerprint(config))
 
     if lock_held(store, run_id):
         return status("running", f"lock held; {progress}")
@@ -124,11 +149,7 @@ def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int
     if store.has(run_id, DONE) and not problems and (cell is None or is_complete(store, cell, n_test, problems)):
         return status("finished", "")
     if store.has(run_id, FAILED):
-        try:
-            reason = read_json(run_dir / FAILED).get("reason", "?")
-        except (StoreError, AttributeError):
-            reason = "FAILED marker unreadable"
-        return status("failed", reason)
+        return status("failed", *_failure(run_dir))
     if store.has(run_id, DONE) and problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return status("pending", f"stale evaluation {problems[0].path.relative_to(run_dir)}: "
@@ -166,6 +187,12 @@ def tally(rows: list[CellStatus]) -> dict[str, int]:
 def totals(rows: list[CellStatus]) -> dict[str, int]:
     """{"cells": N, then tally's states}: the totals `--json` prints where the text prints `counts`."""
     return {"cells": len(rows), **tally(rows)}
+
+
+def fingerprint_line(rows: list[CellStatus]) -> str:
+    """'runs trained by N different code fingerprints: abc (k runs), ...' when the rows mix them, else ''. Runs
+    without a recorded one (not started, trained before it was recorded, external models) are not counted."""
+    return mixed_fingerprints_line(r.code_fingerprint for r in rows)
 
 
 def counts(rows: list[CellStatus]) -> str:

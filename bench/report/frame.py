@@ -27,6 +27,8 @@ from bench.config.catalog import (EXTERNAL, METHOD_ALIASES, METHODS, TRAIN_ATTAC
                                   eval_attack_order, method_label, method_order, row_label, train_attack_order)
 from bench.config.names import UsageError, split_list, suggest
 from bench.config.relations import row_relation
+from bench.fingerprint import recorded_fingerprint
+from bench.health import run_health
 from bench.store import Store, atomic_path
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,10 @@ class Setting:
     # (run_id, eval attack) -> {guard: reason} of the guards that flagged the row ({} when none did), or None
     # when the row predates the guards (not checked); see `row_guards`
     guards: dict[tuple[str, str], dict[str, str] | None] = field(default_factory=dict, repr=False)
+    # run_id -> {flag: reason} of its training-health flags (bench/health.py; {} when healthy)
+    health: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    # run_id -> the code fingerprint that trained it (bench/fingerprint.py), None where not recorded
+    fingerprints: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def describe(self, tex: bool) -> str:
         """The selection, for every caption (LaTeX) and for summary.md (Markdown), with its number of test points:
@@ -366,11 +372,14 @@ def build_settings(store: Store, chosen: pd.DataFrame, baseline_pool: pd.DataFra
         guards = {(r["run_id"], r["eval_attack"]): row_guards(r) for r in used.to_dict("records")}
         slug = "" if len(groups) == 1 else setting_slug(dataset, model, threat, eps, n, sha, taken=slugs)
         slugs.add(slug)
+        histories = {r: store.history(r) for r in sorted(run_ids)}
         settings.append(Setting(dataset=dataset, model=model, threat_model=threat, eps=float(eps), n_points=int(n),
                                 checkpoint=sel.checkpoint, baseline=sel.baseline, variants=tuple(kept),
                                 attacks=tuple(attack_order(used.eval_attack.unique())), flags=flags,
-                                histories={r: store.history(r) for r in sorted(run_ids)}, slug=slug,
-                                filters=filters, guards=guards))
+                                histories=histories, slug=slug, filters=filters, guards=guards,
+                                health={r: run_health(h, dataset, configs[r]["train"].get("epochs"))
+                                        for r, h in histories.items()},
+                                fingerprints={r: recorded_fingerprint(configs[r]) for r in histories}))
     return settings
 
 

@@ -21,6 +21,7 @@ import torch
 from bench.attacks.pgd import PGD
 from bench.config import TrainConfig
 from bench.data import DataBundle, Split, augment_batch, to_float
+from bench.health import nonfinite_reason, training_health
 from bench.models import build_model
 from bench.store import StoreError, atomic_path, load_torch, write_json
 from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
@@ -33,7 +34,12 @@ REL_HIST_EDGES = [round(0.1 * i, 1) for i in range(31)]  # relative (rw_hist): 0
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss went NaN or infinite. `health`: the `nonfinite_loss` flag, which the runner writes into the
+    FAILED marker (the epoch never reaches the history)."""
+
+    def __init__(self, message: str, health: dict[str, str] | None = None):
+        super().__init__(message)  # one positional argument: the exception pickles across worker processes
+        self.health = health or {}
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,9 @@ def _train_epoch(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepCont
             stat_sums[key] = stat_sums.get(key, 0.0) + value.detach().double() * len(y)
         if (b + 1) % sync_every == 0 or b + 1 == n_batches:
             if not torch.isfinite(loss_sum):
-                raise NonFiniteLoss(f"loss is {loss.item()} at epoch {ctx.epoch + 1}, batch {b + 1}")
+                value = loss_sum.item() if math.isfinite(loss.item()) else loss.item()
+                raise NonFiniteLoss(f"loss is {value} at epoch {ctx.epoch + 1}, batch {b + 1}",
+                                    {"nonfinite_loss": nonfinite_reason(value, ctx.epoch + 1, b + 1)})
             shown_loss = loss.item()
         if cb.on_batch:
             cb.on_batch(ctx.epoch, b, n_batches, shown_loss)
@@ -267,6 +275,7 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
                  "reweighting": trained.pop("reweighting"), "channels_last": runtime.channels_last,
                  "compile": runtime.compile, **trained}
         history.append(entry)
+        entry["health"] = training_health(history, data.info.num_classes, cfg.epochs)  # the flags so far
         if val_pgd > best:
             best = val_pgd
             entry["best"] = True
