@@ -86,13 +86,15 @@ def test_a_failed_compile_leaves_no_stale_pdf(tmp_path):
 
 def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
     written = write_report(store_root, tmp_path, Selection(compile_pdf=False))
-    expected = {f"{t}.{ext}" for t in ("table", "guards", "gap_table", "attack_gaps") for ext in ("tex", "md", "csv")}
+    expected = {f"{t}.{ext}" for t in ("table", "guards", "health", "gap_table", "attack_gaps")
+                for ext in ("tex", "md", "csv")}
     expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "attack_rank", "gap", "curves", "weights")
                  for ext in ("pdf", "png")}
     expected |= {"results.csv", "flags.csv.gz", "attack_rank.csv", "report.tex", "summary.md"}
     assert set(written) == expected and all(p.exists() for p in written.values())
     summary = written["summary.md"].read_text()
-    assert "- **GAIRAT (PGD)** vs AT (PGD): on the seen attacks (PGD-20)" in summary
+    assert "- **GAIRAT (PGD)** vs AT (PGD) (2 seeds): on the seen attacks (PGD-20)" in summary
+    assert "no verdict: 2 seeds are too few" in summary
     assert "| Method (train attack) | Natural | PGD-20 | CW-20 | AA | Worst |" in summary
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", summary):
         assert (tmp_path / image).exists()  # links resolve next to summary.md
@@ -222,7 +224,7 @@ def test_settings_that_differ_in_one_number_keep_their_own_files(tmp_path, add_r
     assert len({p.resolve() for p in written.values()}) == len(written)  # no two outputs share a file
     tex = written["report.tex"].read_text()
     included = re.findall(r"\\input\{([^}]+)\}", tex) + re.findall(r"\\includegraphics(?:\[[^]]*\])?\{([^}]+)\}", tex)
-    assert len(included) == 2 * (4 + 4)  # per setting: 4 tables and 4 figures
+    assert len(included) == 2 * (5 + 4)  # per setting: 5 tables (health too) and 4 figures
     assert len(set(included)) == len(included), sorted(included)
     assert all((out / name).exists() for name in included), [n for n in included if not (out / n).exists()]
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", written["summary.md"].read_text())

@@ -16,7 +16,7 @@ import bench.report.plots as plots
 import bench.report.tables as tables
 from bench.report.frame import (FLAG_ID_COLUMNS, Selection, Setting, atomic_output, attack_label, baseline_for,
                                 method_label, tex_escape)
-from bench.report.stats import attack_ranks, cell_stats, gap_stats, guard_stats
+from bench.report.stats import attack_ranks, best_before_reweighting, cell_stats, gap_stats, guard_stats, verdict
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +45,61 @@ def _figure_tex(path: Path, caption: str) -> str:
                       rf"\caption{{{caption}}}", r"\end{figure}", ""])
 
 
-def _verdict(lo: float, hi: float) -> str:
-    return "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"
-
-
 def _attacks_md(csv: str) -> str:
     return ", ".join(attack_label(a) for a in csv.split(",")) if csv else "none"
 
 
-def answer_lines(gaps: pd.DataFrame) -> list[str]:
-    """One plain sentence per compared row: the gap on seen, related and unseen attacks, interval, verdict, p."""
-    def gap_text(g: dict, key: str, how: str) -> str:
-        lo, hi, p = g[f"{key}_gap_low"], g[f"{key}_gap_high"], g[f"{key}_p"]
-        p_text = f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if tables.finite(p) else ""
-        return f"{g[f'{key}_gap']:+.2f} points{how} [{lo:.1f}, {hi:.1f}] ({_verdict(lo, hi)}{p_text})"
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
+
+def _group_text(g: dict, key: str, how: str) -> str:
+    """'lower, -10.90 points on average (per seed -10.4, -10.1, -11.8; 3 of 3 seeds lower; seed-level 95% interval
+    [-12.9, -8.9], p = 0.003)': the verdict comes from `seed_gap` (bench/report/stats.py: verdict); below 3
+    seeds there is none, and the test-point statistic is named as being about these trained models."""
+    per_seed = [float(x) for x in str(g[f"{key}_per_seed"]).split(";") if x]
+    n, word = len(per_seed), verdict(g, key)
+    seeds = ", ".join(f"{x:+.1f}" for x in per_seed)
+    models = f"{_p(g[f'{key}_p'])} over test points" if tables.finite(g[f"{key}_p"]) else ""
+    if word == "no verdict":
+        why = ("one seed compares two trained models, not two methods" if n == 1
+               else f"{n} seeds are too few to tell a method from its training variance")
+        return (f"{g[f'{key}_gap']:+.2f} points{how} (per seed {seeds}): no verdict: {why}"
+                + (f" (these models: {models})" if models else ""))
+    lo, hi = g[f"{key}_seed_low"], g[f"{key}_seed_high"]
+    return (f"**{word}**, {g[f'{key}_gap']:+.2f} points{how} (per seed {seeds}; {int(g[f'{key}_seeds_lower'])} of {n} "
+            f"seeds lower; seed-level 95% interval [{lo:.1f}, {hi:.1f}], {_p(g[f'{key}_seed_p'])})")
+
+
+def answer_lines(gaps: pd.DataFrame) -> list[str]:
+    """One sentence per compared row a reader can quote: the seed-level verdict on seen, related and unseen
+    attacks with the per-seed gaps (Markdown; `answer_tex` renders the same sentences for LaTeX)."""
     lines = []
     for g in gaps.to_dict("records"):
         parts = []
         if tables.finite(g["seen_gap"]):
-            parts.append(f"on the seen attacks ({_attacks_md(g['seen_attacks'])}) {gap_text(g, 'seen', '')}")
+            parts.append(f"on the seen attacks ({_attacks_md(g['seen_attacks'])}) {_group_text(g, 'seen', '')}")
         if tables.finite(g.get("related_gap", float("nan"))):
-            parts.append(f"on the related attacks ({_attacks_md(g['related_attacks'])}) {gap_text(g, 'related', '')}")
+            parts.append(f"on the related attacks ({_attacks_md(g['related_attacks'])}) "
+                         f"{_group_text(g, 'related', '')}")
         if tables.finite(g["unseen_mean_gap"]):
             parts.append(f"on the unseen attacks ({_attacks_md(g['unseen_attacks'])}) "
-                         f"{gap_text(g, 'unseen_mean', ' on average')} and "
-                         f"{gap_text(g, 'unseen_worst', ' in the per-example worst case')}")
+                         f"{_group_text(g, 'unseen_mean', ' on average')}; in the per-example worst case "
+                         f"{_group_text(g, 'unseen_worst', '')}")
         if parts:
-            lines.append(f"- **{g['variant']}** vs {g['baseline']}: " + "; ".join(parts) + ".")
+            n = int(g["n_seeds"])
+            lines.append(f"- **{g['variant']}** vs {g['baseline']} ({n} seed{'s' if n != 1 else ''}): "
+                         + "; ".join(parts) + ".")
     return lines
+
+
+def answer_tex(lines: list[str]) -> str:
+    """The Markdown answer lines as a LaTeX itemize (bold kept, everything else escaped)."""
+    items = []
+    for line in lines:
+        parts = tex_escape(line.removeprefix("- ")).split("**")
+        items.append(r"\item " + "".join(rf"\textbf{{{t}}}" if i % 2 else t for i, t in enumerate(parts)))
+    return "\n".join([r"\begin{itemize}", *items, r"\end{itemize}", ""]) if items else ""
 
 
 def _baseline_note(setting: Setting, tex: bool) -> str:
@@ -84,8 +110,20 @@ def _baseline_note(setting: Setting, tex: bool) -> str:
     return f" {names}: the baseline for the gaps, shown although outside the selection."
 
 
-def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, str]:
-    """Tables and figures of one setting; returns (written files, LaTeX body, Markdown body)."""
+def setting_answer(setting: Setting, gaps: pd.DataFrame) -> list[str]:
+    """The setting's Answer (Markdown lines): a sentence per compared row, and a warning naming the best
+    checkpoints that predate their method's reweighting."""
+    lines = answer_lines(gaps) if not gaps.empty else []
+    early = best_before_reweighting(setting)
+    if early and lines:
+        names = ", ".join(f"{label} seed {seed}" for label, seed in early)
+        lines.append(f"- Best checkpoints saved before the method's reweighting began (plain AT trained for fewer "
+                     f"epochs, not the method): {names}. `--checkpoint last` compares the methods as trained.")
+    return lines
+
+
+def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, str, list[str]]:
+    """Tables and figures of one setting; returns (written files, LaTeX body, Markdown body, Answer lines)."""
     s, written = setting.slug, {}
     sel_tex, sel_md = setting.describe(True), setting.describe(False)
     cells = cell_stats(setting)
@@ -106,7 +144,10 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
          tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False)), cells)
     emit("guards", tables.guard_table_latex(guards, sel_tex, f"tab:guards{s}"),
          tables.guard_table_markdown(guards, sel_md), tables.guard_frame(guards))
-    body_tex = [rf"\section*{{{sel_tex}}}", rf"\input{{table{s}.tex}}", rf"\input{{guards{s}.tex}}"]
+    emit("health", tables.health_table_latex(setting, sel_tex, f"tab:health{s}"),
+         tables.health_table_markdown(setting, sel_md), tables.health_frame(setting))
+    body_tex = [rf"\section*{{{sel_tex}}}", rf"\input{{table{s}.tex}}", rf"\input{{guards{s}.tex}}",
+                rf"\input{{health{s}.tex}}"]
     body_md = [f"## {sel_md}", ""]
     if gaps.empty:
         log.warning("nothing to compare with the baseline %s in %s (absent, or the only method): no gap tables",
@@ -118,9 +159,9 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
         emit("attack_gaps", tables.attack_gap_latex(per_attack, sel_tex, f"tab:attack-gaps{s}"),
              tables.attack_gap_markdown(per_attack, sel_md), per_attack)
         body_tex += [rf"\input{{gap_table{s}.tex}}", rf"\input{{attack_gaps{s}.tex}}"]
-        body_md += ["**Answer** (gap to the baseline, 95% interval over test points):", "", *answer_lines(gaps), ""]
     body_md += ["### Accuracy (%)", "", written[f"table{s}.md"].read_text(),
-                "### Guards", "", written[f"guards{s}.md"].read_text()]
+                "### Guards", "", written[f"guards{s}.md"].read_text(),
+                "### Training health", "", written[f"health{s}.md"].read_text()]
     if not gaps.empty:
         body_md += ["### Gap to the baseline", "", written[f"gap_table{s}.md"].read_text(),
                     "### Gap per attack", "", written[f"attack_gaps{s}.md"].read_text()]
@@ -131,7 +172,7 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
         body_tex.append(_figure_tex(pdf, caption))
         body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
     body_tex.append(r"\clearpage")
-    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n"
+    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n", setting_answer(setting, gaps)
 
 
 def _figures(setting: Setting, cells: pd.DataFrame, gaps: pd.DataFrame, hist: pd.DataFrame, out: Path,
@@ -253,20 +294,42 @@ def compile_pdf(tex: Path) -> Path | None:
     return pdf
 
 
+ANSWER_INTRO = ("Each method against the baseline {base}, {ckpt} checkpoints. The verdict (higher, lower, no clear "
+                "difference) is seed-level (bench.stats.seed_gap: seeds and test points both vary, each seed's "
+                "model a random draw); with fewer than 3 seeds there is none.")
+
+
+def answer_section(answers: list[tuple[Setting, list[str]]], selection: Selection) -> tuple[str, str]:
+    """(LaTeX, Markdown) of the Answer that opens the report: per setting, most test points first."""
+    intro = ANSWER_INTRO.format(base=method_label(selection.baseline), ckpt=selection.checkpoint)
+    md, tex = ["## Answer", "", intro, ""], [r"\section*{Answer}", tex_escape(intro), ""]
+    for setting, lines in answers:
+        if lines:
+            md += [f"**{setting.describe(False)}**", "", *lines, ""]
+            tex += [rf"\paragraph{{{setting.describe(True)}}}", answer_tex(lines)]
+    if not any(lines for _, lines in answers):
+        md += ["Nothing to compare with the baseline.", ""]
+        tex += ["Nothing to compare with the baseline.", ""]
+    return "\n".join(tex) + "\n\\clearpage\n", "\n".join(md) + "\n"
+
+
 def write_outputs(settings: list[Setting], selection: Selection, out: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
-    tex_parts, md_parts = [], []
-    for setting in settings:
-        files, tex, md = write_setting(setting, out)
+    tex_parts, md_parts, answers = [], [], []
+    for setting in sorted(settings, key=lambda st: -st.n_points):  # the most test points answer first
+        files, tex, md, answer = write_setting(setting, out)
         written.update(files)
         tex_parts.append(tex)
         md_parts.append(md)
+        answers.append((setting, answer))
+    answer_tex_part, answer_md = answer_section(answers, selection)
     doc = written["report.tex"] = write_text(out / "report.tex",
-                                             PREAMBLE + "\n".join(tex_parts) + "\\end{document}\n")
+                                             PREAMBLE + answer_tex_part + "\n".join(tex_parts) + "\\end{document}\n")
     written["summary.md"] = write_text(out / "summary.md",
                                        "# Adversarial training: seen versus unseen attacks\n\n"
                                        f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
-                                       f"{method_label(selection.baseline)}).\n\n" + "\n".join(md_parts))
+                                       f"{method_label(selection.baseline)}).\n\n" + answer_md + "\n"
+                                       + "\n".join(md_parts))
     if selection.compile_pdf:
         pdf = compile_pdf(doc)
         if pdf is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.frame import Setting, Variant, attack_order
-from bench.stats import bootstrap_ci, paired_gap
+from bench.stats import bootstrap_ci, paired_gap, seed_gap
 
 Aggregate = Literal["all", "mean"]  # over a set of attacks: per-example worst case, or share survived
 
@@ -63,8 +63,10 @@ def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str],
 
 def cell_stats(setting: Setting) -> pd.DataFrame:
     """One row per (variant, eval attack): accuracy % mean and std over seeds, the bootstrap 95% interval
-    over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column, and
-    `guards_flagged`: the guards that flagged any of the cell's rows (any seed), comma-separated, "" if none."""
+    over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column,
+    `guards_flagged`: the guards that flagged any of the cell's rows (any seed), comma-separated, "" if none,
+    `health_flagged`: likewise the training-health flags of its runs (bench/health.py), and
+    `code_fingerprints`: the recorded code fingerprints of its runs (bench/fingerprint.py), sorted."""
     out = []
     for v in setting.variants:
         for a in setting.attacks:
@@ -74,14 +76,35 @@ def cell_stats(setting: Setting) -> pd.DataFrame:
             mean, std = mean_std(m.mean(axis=1))
             lo, hi = bootstrap_ci(m.mean(axis=0))
             flagged = [g for r in v.run_ids if (r, a) in setting.flags for g in (setting.guards.get((r, a)) or {})]
+            runs = [r for r in v.run_ids if (r, a) in setting.flags]
+            health = [f for r in runs for f in setting.health.get(r, {})]
+            fingerprints = sorted({fp for r in runs if (fp := setting.fingerprints.get(r))})
             out.append({"variant": v.label, "method": v.method, "train_attack": v.train_attack, "eval_attack": a,
                         "seen": a in v.seen, "relation": v.relation(a), "mean": 100 * mean, "std": 100 * std, "ci_low": 100 * lo,
                         "ci_high": 100 * hi, "n_seeds": len(seeds), "n_points": m.shape[1],
-                        "reference": v.reference, "guards_flagged": ",".join(dict.fromkeys(flagged))})
+                        "reference": v.reference, "guards_flagged": ",".join(dict.fromkeys(flagged)),
+                        "health_flagged": ",".join(dict.fromkeys(health)), "code_fingerprints": ",".join(fingerprints)})
     df = pd.DataFrame(out)
     if not df.empty:
         df["best"] = best_in_column(df)
     return df
+
+
+def best_before_reweighting(setting: Setting) -> list[tuple[str, int]]:
+    """(variant label, seed) of the runs whose best checkpoint was saved before their method's reweighting began
+    (history entries: `best` marks each new best epoch, `reweighting` whether the epoch's loss was reweighted):
+    such a checkpoint is plain AT trained for fewer epochs, not the method. Empty unless the setting reports
+    best checkpoints."""
+    if setting.checkpoint != "best":
+        return []
+    found = []
+    for v in setting.variants:
+        for seed, run in zip(v.seeds, v.run_ids):
+            history = setting.histories.get(run) or []
+            best = [e for e in history if e.get("best")]
+            if best and any(e.get("reweighting") for e in history) and not best[-1].get("reweighting"):
+                found.append((v.label, seed))
+    return found
 
 
 GUARD_COLUMNS = ["variant", "method", "train_attack", "seed", "run_id", "checkpoint", "eval_attack", "guard",
@@ -147,7 +170,19 @@ def attack_ranks(cells: pd.DataFrame) -> pd.DataFrame:
     return out.iloc[order][columns].reset_index(drop=True)
 
 
-GAP_KEYS = ("acc", "acc_std", "base", "gap", "gap_low", "gap_high", "gap_seed_sd", "b", "c", "p")
+GAP_KEYS = ("acc", "acc_std", "base", "gap", "gap_low", "gap_high", "gap_seed_sd", "b", "c", "p",
+            "per_seed", "seed_low", "seed_high", "seed_p", "seeds_lower", "n_pairs")
+MIN_VERDICT_SEEDS = 3  # fewer seed pairs: no verdict about the methods (one seed compares two trained models)
+
+
+def verdict(g: dict, key: str) -> str:
+    """The seed-level verdict of gap group `key` in a gap-table row: 'higher' or 'lower' when `seed_gap`'s interval
+    excludes 0 (p < 0.05 at the default level), 'no clear difference' otherwise, and 'no verdict' with fewer
+    than MIN_VERDICT_SEEDS seed pairs (training variance cannot be told from the gap)."""
+    n, lo, hi = g.get(f"{key}_n_pairs", math.nan), g.get(f"{key}_seed_low", math.nan), g.get(f"{key}_seed_high", math.nan)
+    if not (n == n) or n < MIN_VERDICT_SEEDS or lo != lo or hi != hi:
+        return "no verdict"
+    return "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"
 
 
 def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], how: Aggregate) -> dict[str, float]:
@@ -162,12 +197,15 @@ def _compare(setting: Setting, v: Variant, base: Variant, attacks: list[str], ho
     if not seeds or not base_seeds:
         return nan
     pairs = pair_runs(seeds, base_seeds)
-    g = paired_gap(m[[i for i, _ in pairs]], bm[[j for _, j in pairs]])
+    method_rows, base_rows = m[[i for i, _ in pairs]], bm[[j for _, j in pairs]]
+    g, s = paired_gap(method_rows, base_rows), seed_gap(method_rows, base_rows)
     acc, std = mean_std(m.mean(axis=1))
     binary = how == "all"
     return {"acc": 100 * acc, "acc_std": 100 * std, "base": 100 * bm.mean(), "gap": g.gap, "gap_low": g.low,
             "gap_high": g.high, "gap_seed_sd": g.seed_sd, "b": g.b if binary else math.nan,
-            "c": g.c if binary else math.nan, "p": g.p}
+            "c": g.c if binary else math.nan, "p": g.p, "per_seed": ";".join(f"{x:.2f}" for x in s.per_seed),
+            "seed_low": s.low, "seed_high": s.high, "seed_p": s.p, "seeds_lower": s.seeds_lower,
+            "n_pairs": s.n_seeds}
 
 
 def common_attacks(setting: Setting, *variants: Variant) -> list[str]:

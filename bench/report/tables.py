@@ -7,7 +7,10 @@
   spread over seeds and p-values (bench.stats.paired_gap);
 - per-attack gaps: the gap to the baseline under each eval attack, with significance marks;
 - guards: every evaluation guard (bench/evaluation/guards.py) that flagged a row, with its reason, or one line
-  saying none fired; the main table marks the cells those rows feed with a section sign.
+  saying none fired; the main table marks the cells those rows feed with a section sign;
+- training health: every run a training-health check (bench/health.py) flagged, with its reason, or one line
+  saying none was; the main table marks the cells of those runs with a pilcrow (¶), and its caption names the
+  code fingerprints (bench/fingerprint.py) when its rows were trained by different code.
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report.frame import attack_label, attack_order, tex_escape
-from bench.report.stats import GUARD_COLUMNS, GuardSummary, best_in_column, significance
+from bench.config.catalog import EXTERNAL
+from bench.health import CHANCE_MARGIN, STUCK_LOSS_FRACTION
+from bench.report.frame import Setting, attack_label, attack_order, tex_escape
+from bench.report.stats import MIN_VERDICT_SEEDS, GUARD_COLUMNS, GuardSummary, best_in_column, significance
 
 SEEN_NOTE_TEX = (r"$^\dagger$: the evaluation attack was simulated in training (seen); $^\ddagger$: related to "
                  r"the training attack (same loss, another optimiser or step count, or a component of it).")
@@ -26,10 +31,14 @@ SEEN_NOTE_MD = ("†: the evaluation attack was simulated in training (seen); �
                 "(same loss, another optimiser or step count, or a component of it).")
 GUARD_NOTE_TEX = r"\S: guard flagged: see the Guards table."
 GUARD_NOTE_MD = "§: guard flagged: see the Guards table."
-TEST_TEXT = ("exact sign-flip test on the per-point, seed-averaged differences (test points as the unit, valid when "
-             "seeds share points; exact McNemar for one seed)")
-STARS_TEX = TEST_TEXT + r" against the baseline: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
-STARS_MD = TEST_TEXT + r" against the baseline: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
+HEALTH_NOTE_TEX = r"\P: a run of the row failed a training-health check: see the Training health list."
+HEALTH_NOTE_MD = "¶: a run of the row failed a training-health check: see the Training health list."
+TEST_TEXT = ("exact sign-flip test on the per-point, seed-averaged differences (test points as the unit: about "
+             "these trained models, not the methods; exact McNemar for one seed)")
+SEED_TEXT = ("seed-level test (bench.stats.seed_gap: seed x point random-effects standard error, t on seeds - 1 df; "
+             "about the methods, each seed's model a random draw; none below 3 seeds)")
+STARS_TEX = tex_escape(SEED_TEXT) + r" against the baseline: * $p<0.05$, ** $p<0.01$, *** $p<0.001$"
+STARS_MD = SEED_TEXT + r" against the baseline: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
 
 
 def finite(x) -> bool:
@@ -98,10 +107,30 @@ def _rows_in_order(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["variant"]))
 
 
-def _flagged(cell) -> bool:
-    """Whether a guard flagged any row of a main-table cell (`guards_flagged` of cell_stats; absent: no)."""
-    value = cell.get("guards_flagged", "")
+def _flagged(cell, column: str = "guards_flagged") -> bool:
+    """Whether a guard flagged any row of a main-table cell (`guards_flagged` of cell_stats; absent: no), or
+    with `column` "health_flagged", whether a training-health check flagged one of its runs."""
+    value = cell.get(column, "")
     return isinstance(value, str) and bool(value)
+
+
+def _fingerprint_note(cells: pd.DataFrame, tex: bool) -> str:
+    """' Rows trained by 2 different code fingerprints: abc for AT (PGD); def for LRAT (CW).' when the table's
+    rows were trained by different code (`code_fingerprints` of cell_stats); '' otherwise. A row whose seeds
+    differ is named under each; rows without a recorded fingerprint are named as such."""
+    by_fp: dict[str, list[str]] = {}
+    unrecorded = []
+    for variant, group in cells.groupby("variant", sort=False):
+        fps = {fp for v in group.get("code_fingerprints", []) if isinstance(v, str) for fp in v.split(",") if fp}
+        for fp in sorted(fps):
+            by_fp.setdefault(fp, []).append(tex_escape(variant) if tex else variant)
+        if not fps and EXTERNAL not in set(group.get("train_attack", [])):  # an external model: not our code
+            unrecorded.append(tex_escape(variant) if tex else variant)
+    if len(by_fp) < 2:
+        return ""
+    parts = [f"{fp} for {', '.join(vs)}" for fp, vs in sorted(by_fp.items())]
+    parts += [f"not recorded for {', '.join(unrecorded)}"] if unrecorded else []
+    return f" Rows trained by {len(by_fp)} different code fingerprints (the training code): " + "; ".join(parts) + "."
 
 
 # ---- main table ---------------------------------------------------------------------------------------------
@@ -131,11 +160,13 @@ def main_grid(cells: pd.DataFrame, tex: bool) -> Grid:
         mean = f"{c['mean']:.2f}"
         mean = (rf"\textbf{{{mean}}}" if tex else f"**{mean}**") if c["best"] else mean
         std = (rf" $\pm$ {c['std']:.2f}" if tex else f" ± {c['std']:.2f}") if finite(c["std"]) else ""
+        health = _flagged(c, "health_flagged")
         if tex:
-            marks = _relation_mark(c, tex) + (r"\S" if _flagged(c) else "")
+            marks = _relation_mark(c, tex) + (r"\S" if _flagged(c) else "") + (r"\P" if health else "")
             marks = rf"$^{{{marks}}}$" if marks else ""
         else:
             marks = (" " + _relation_mark(c, tex) if _relation_mark(c, tex) else "") + (" §" if _flagged(c) else "")
+            marks += " ¶" if health else ""
         return mean + std + marks, _interval(c["ci_low"], c["ci_high"], tex)
 
     rows, subs = _grid_rows(cells.assign(best=best_in_column(cells)), attacks,
@@ -152,9 +183,11 @@ def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: 
     below = "below it" if tex else "then"
     guards = any(_flagged(c) for _, c in cells.iterrows())
     guard_note = (" " + (GUARD_NOTE_TEX if tex else GUARD_NOTE_MD)) if guards else ""
+    if any(_flagged(c, "health_flagged") for _, c in cells.iterrows()):
+        guard_note += " " + (HEALTH_NOTE_TEX if tex else HEALTH_NOTE_MD)
     return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
             f"interval over the {points}. Bold: best in each column. "
-            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{guard_note}{baseline_note}")
+            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{guard_note}{_fingerprint_note(cells, tex)}{baseline_note}")
 
 
 def main_table_latex(cells: pd.DataFrame, selection: str, label: str = "tab:main", baseline_note: str = "") -> str:
@@ -175,21 +208,30 @@ def _gap_groups(gaps: pd.DataFrame) -> list[tuple[str, str]]:
     return [g for g in groups if g[0] != "related" or has_related]
 
 
+def _seeds_lower(g: dict, key: str) -> str:
+    """'3/3 lower' from a gap row's seed columns; '' where there is no pair."""
+    n = g.get(f"{key}_n_pairs", math.nan)
+    return f"{int(g[f'{key}_seeds_lower'])}/{int(n)} lower" if finite(n) and n > 0 else ""
+
+
 def gap_grid(gaps: pd.DataFrame, tex: bool) -> Grid:
+    """Per group: accuracy, the gap with its seed-level interval under it, the seed-level p (how many seeds are
+    lower under it), and the test-point p of these trained models (its bootstrap interval under it)."""
     delta = r"$\Delta$" if tex else "Δ"
     groups = _gap_groups(gaps)
     header = ["Method (train attack)", "Baseline"]
     for _, title in groups:
-        header += [title, f"{delta} {title[0].lower() + title[1:]}", "p"]
+        header += [title, f"{delta} {title[0].lower() + title[1:]}", "p seeds", "p models"]
     rows, subs = [], []
     for g in gaps.to_dict("records"):
         name = tex_escape if tex else str
         row, sub = [name(g["variant"]), name(g["baseline"])], ["", ""]
         for key, _ in groups:
-            acc, sd = g[f"{key}_acc"], g.get(f"{key}_gap_seed_sd", math.nan)
-            row += [f"{acc:.2f}" if finite(acc) else "--", _signed(g[f"{key}_gap"], tex), _p_text(g[f"{key}_p"], tex)]
-            spread = f" sd {sd:.1f}" if finite(sd) else ""
-            sub += ["", _interval(g[f"{key}_gap_low"], g[f"{key}_gap_high"], tex) + spread, ""]
+            acc = g[f"{key}_acc"]
+            row += [f"{acc:.2f}" if finite(acc) else "--", _signed(g[f"{key}_gap"], tex),
+                    _p_text(g.get(f"{key}_seed_p", math.nan), tex), _p_text(g[f"{key}_p"], tex)]
+            sub += ["", _interval(g.get(f"{key}_seed_low", math.nan), g.get(f"{key}_seed_high", math.nan), tex),
+                    _seeds_lower(g, key), _interval(g[f"{key}_gap_low"], g[f"{key}_gap_high"], tex)]
         rows.append(row)
         subs.append(sub)
     return Grid(header, rows, subs)
@@ -217,9 +259,11 @@ def gap_caption(gaps: pd.DataFrame, selection: str, tex: bool) -> str:
             f"containing it (per-example worst case when several); unseen: the other attacks, as their mean "
             f"accuracy and as the per-example worst case (never including related ones). {delta}: method minus "
             f"baseline in points over seed-matched runs ({seeds} per row, {base_seeds} for the baseline), "
-            f"{'below it' if tex else 'then'} the 95{pct} bootstrap interval over the {points} (it covers which "
-            f"test points were drawn) and sd, the standard deviation of the per-seed gaps (how much a new seed "
-            f"moves it); p: {TEST_TEXT}. Attacks: {_attack_sets(gaps, tex)}.")
+            f"{'below it' if tex else 'then'} its 95{pct} seed-level interval (seeds and test points both vary; "
+            f"none below 3 seeds). p seeds: the {tex_escape(SEED_TEXT) if tex else SEED_TEXT}, {'below it' if tex else 'then'} how many seeds have "
+            f"the method below the baseline: the verdict about the methods. p models: {TEST_TEXT}, "
+            f"{'below it' if tex else 'then'} its 95{pct} bootstrap interval over the {points}. "
+            f"Attacks: {_attack_sets(gaps, tex)}.")
     return text if tex else text.replace("--", "–")
 
 
@@ -242,7 +286,8 @@ def attack_gap_grid(per_attack: pd.DataFrame, tex: bool) -> Grid:
         return [tex_escape(variant), tex_escape(base)] if tex else [variant, base]
 
     def cell(c):
-        stars = significance(c["p"])
+        enough = finite(c.get("n_pairs", math.nan)) and c["n_pairs"] >= MIN_VERDICT_SEEDS
+        stars = significance(c["seed_p"]) if enough else ""  # below 3 seeds: no verdict, no stars
         relation = _relation_mark(c, tex)
         if tex:
             marks = stars + relation
@@ -261,7 +306,7 @@ def attack_gap_caption(per_attack: pd.DataFrame, selection: str, tex: bool) -> s
     pct = r"\%" if tex else "%"
     return (f"Gap to the baseline (method minus baseline, accuracy points) under each evaluation attack on "
             f"{selection}, averaged over {seeds} per row, {'below it' if tex else 'then'} the 95{pct} "
-            f"bootstrap interval over the {points}. "
+            f"bootstrap interval over the {points} (these trained models). "
             f"Marks: {STARS_TEX if tex else STARS_MD}. {SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}")
 
 
@@ -353,3 +398,63 @@ def guard_table_markdown(guards: GuardSummary, selection: str) -> str:
 def guard_frame(guards: GuardSummary) -> pd.DataFrame:
     """The CSV twin: one row per (result row, flagged guard); the header alone when none fired."""
     return guards.flagged[GUARD_COLUMNS]
+
+
+# ---- training health ----------------------------------------------------------------------------------------
+
+HEALTH_COLUMNS = ["variant", "method", "train_attack", "seed", "run_id", "flag", "reason"]
+HEALTH_HEADER = ["Method (train attack)", "Seed", "Run", "Flag", "Reason"]
+
+
+def health_frame(setting: Setting) -> pd.DataFrame:
+    """One row per (run of the setting's table, training-health flag), with its reason; the header alone when
+    no run is flagged. Also the CSV twin of the Training health list."""
+    out = [{"variant": v.label, "method": v.method, "train_attack": v.train_attack, "seed": seed, "run_id": run,
+            "flag": flag, "reason": reason}
+           for v in setting.variants for seed, run in zip(v.seeds, v.run_ids)
+           for flag, reason in setting.health.get(run, {}).items()]
+    return pd.DataFrame(out, columns=HEALTH_COLUMNS)
+
+
+def _health_rules(tex: bool) -> str:
+    """The checks, in words (bench/health.py), for the caption and the none line."""
+    if tex:
+        return (rf"validation accuracy $\leq 1/K + {CHANCE_MARGIN}$ after the first epoch (val\_at\_chance), "
+                rf"training loss $\geq {STUCK_LOSS_FRACTION} \ln K$ in an epoch after the first 20\% of the run "
+                r"(loss\_stuck), a non-finite training loss (nonfinite\_loss); K: the number of classes")
+    return (f"validation accuracy ≤ 1/K + {CHANCE_MARGIN} after the first epoch (val_at_chance), training loss "
+            f"≥ {STUCK_LOSS_FRACTION} ln K in an epoch after the first 20% of the run (loss_stuck), a non-finite "
+            "training loss (nonfinite_loss); K: the number of classes")
+
+
+def _health_runs(setting: Setting) -> str:
+    n = sum(len(v.run_ids) for v in setting.variants)
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def health_table_latex(setting: Setting, selection: str, label: str = "tab:health") -> str:
+    """The Training health list as a longtable (never falls off a page), or one line when no run is flagged."""
+    flagged = health_frame(setting)
+    if flagged.empty:
+        return (rf"\paragraph{{Training health.}} No run flagged on {selection} ({_health_runs(setting)} "
+                rf"checked: {_health_rules(True)})." + "\n")
+    header = " & ".join(HEALTH_HEADER) + r" \\"
+    lines = [r"\begingroup\small", r"\begin{longtable}{lrllp{0.45\linewidth}}",
+             rf"\caption{{Training health on {selection}: runs flagged by {_health_rules(True)}.}}"
+             rf"\label{{{label}}} \\",
+             r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
+             r"\bottomrule", r"\endlastfoot"]
+    lines += [" & ".join([tex_escape(h["variant"]), str(h["seed"]), tex_escape(h["run_id"]), tex_escape(h["flag"]),
+                          _tex_text(h["reason"])]) + r" \\" for h in flagged.to_dict("records")]
+    return "\n".join([*lines, r"\end{longtable}", r"\endgroup"]) + "\n"
+
+
+def health_table_markdown(setting: Setting, selection: str) -> str:
+    flagged = health_frame(setting)
+    if flagged.empty:
+        return f"No run flagged on {selection} ({_health_runs(setting)} checked: {_health_rules(False)}).\n"
+    rows = [[str(h[k]).replace("|", r"\|") for k in ("variant", "seed", "run_id", "flag", "reason")]
+            for h in flagged.to_dict("records")]
+    lines = ["| " + " | ".join(HEALTH_HEADER) + " |", "|:--|--:|:--|:--|:--|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + f"\n\nTraining health on {selection}: runs flagged by {_health_rules(False)}.\n"
