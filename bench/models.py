@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config.names import lookup
-from bench.plugins import attach
+from bench.config.names import UsageError, lookup
+from bench.plugins import attach, source
 
 
 class SmallCNN(nn.Module):
@@ -44,7 +44,7 @@ class CNNBN(nn.Module):
     2*`width` + BN + ReLU + max-pool 2, fc 2*width*7*7 -> 128 -> classes. `cnn-bn` (width 16, ~0.21M parameters)
     is the harness's default for (Fashion-)MNIST, `cnn-bn-wide` (width 32, ~0.42M) the form measured in issue 23:
     SmallCNN (no BatchNorm, zero-initialised last layer) stays near chance for its first epochs of adversarial
-    training at a CPU budget, and its seeds then part ways (docs/methods.md, "The default 28x28 model")."""
+    training at a CPU budget, and its seeds then part ways (docs/methods.md sec. 8)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 16):
         super().__init__()
@@ -178,4 +178,9 @@ attach("models", MODELS.__setitem__)  # plugin models (bench/plugins.py)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    return lookup("model", name, MODELS)(num_classes, in_channels, image_size)
+    model = lookup("model", name, MODELS)(num_classes, in_channels, image_size)
+    if not isinstance(model, nn.Module):  # a plugin factory's mistake, said in a sentence (not an AttributeError)
+        raise UsageError(f"Model '{name}' ({source('models', name)}): its factory returned a "
+                         f"{type(model).__name__}, not a torch.nn.Module (it is called as factory(num_classes, "
+                         f"in_channels, image_size) and must return the model).")
+    return model

@@ -67,9 +67,9 @@ def table2(frame: pd.DataFrame) -> None:
 
 
 def main() -> None:
-    frame = pd.read_csv(HERE / "flags.csv.gz", dtype={"run_id": str, "checkpoint_sha": str, "points_sha": str})
+    frame = pd.read_csv(HERE / "flags-2seeds.csv.gz", dtype={"run_id": str, "checkpoint_sha": str, "points_sha": str})
     frame = frame[frame.checkpoint == "best"]
-    rows = pd.read_csv(HERE / "results.csv", dtype={"run_id": str})
+    rows = pd.read_csv(HERE / "results-2seeds.csv", dtype={"run_id": str})
     GD_OF.update(rows.drop_duplicates("run_id").set_index("run_id").p_gd_attack.fillna("none").to_dict())
     print("| Row | eval attack | points | gap | p, sign-flip (now) | p, pooled McNemar (before) |")
     print("|:--|:--|--:|--:|--:|--:|")
