@@ -139,3 +139,13 @@ def test_tex_escape():
     assert tex_escape(r"\{}$&#^_%~") == (r"\textbackslash{}\{\}\$\&\#\textasciicircum{}\_\%"
                                          r"\textasciitilde{}")
     assert tex_escape("lr~0.1 x^2") == r"lr\textasciitilde{}0.1 x\textasciicircum{}2"
+
+
+def test_trades_rows_captions_say_why_ce_attacks_are_related():
+    cells = fixed_cells()
+    assert "TRADES' KL attack" not in main_table_markdown(cells, "x")
+    trades = cells[cells.variant == "AT (PGD)"].assign(variant="TRADES (KL)", method="trades", train_attack="kl")
+    md = main_table_markdown(pd.concat([cells, trades]), "x")
+    assert "TRADES' KL attack: PGD-20, FGSM and APGD-CE count as related" in md
+    tex = main_table_latex(pd.concat([cells, trades]), "x")
+    assert "TRADES' KL attack" in tex and "cross-entropy's" in tex

@@ -41,6 +41,17 @@ STARS_TEX = tex_escape(SEED_TEXT) + r" against the baseline: * $p<0.05$, ** $p<0
 STARS_MD = SEED_TEXT + r" against the baseline: \* p < 0.05, \*\* p < 0.01, \*\*\* p < 0.001"
 
 
+KL_NOTE = ("TRADES' KL attack: PGD-20, FGSM and APGD-CE count as related, since its gradient on the logits is "
+           "close to cross-entropy's on confidently correct points (docs/methods.md, Attack relations).")
+
+
+def kl_note(frame: pd.DataFrame, tex: bool) -> str:
+    """' TRADES' KL attack: ...' when a row of `frame` trained with `kl`; '' otherwise."""
+    if "train_attack" not in frame or not (frame["train_attack"] == "kl").any():
+        return ""
+    return " " + (tex_escape(KL_NOTE) if tex else KL_NOTE)
+
+
 def finite(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
@@ -187,7 +198,8 @@ def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: 
         guard_note += " " + (HEALTH_NOTE_TEX if tex else HEALTH_NOTE_MD)
     return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
             f"interval over the {points}. Bold: best in each column. "
-            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{guard_note}{_fingerprint_note(cells, tex)}{baseline_note}")
+            f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{kl_note(cells, tex)}{guard_note}{_fingerprint_note(cells, tex)}"
+            f"{baseline_note}")
 
 
 def main_table_latex(cells: pd.DataFrame, selection: str, label: str = "tab:main", baseline_note: str = "") -> str:
@@ -263,7 +275,7 @@ def gap_caption(gaps: pd.DataFrame, selection: str, tex: bool) -> str:
             f"none below 3 seeds). p seeds: the {tex_escape(SEED_TEXT) if tex else SEED_TEXT}, {'below it' if tex else 'then'} how many seeds have "
             f"the method below the baseline: the verdict about the methods. p models: {TEST_TEXT}, "
             f"{'below it' if tex else 'then'} its 95{pct} bootstrap interval over the {points}. "
-            f"Attacks: {_attack_sets(gaps, tex)}.")
+            f"Attacks: {_attack_sets(gaps, tex)}.{kl_note(gaps, tex)}")
     return text if tex else text.replace("--", "–")
 
 
