@@ -19,7 +19,7 @@ DEMO_AA      = bench eval --test-subset 100 --eval-attacks natural,pgd20,cw20,aa
 
 .PHONY: demo demo-aa demo-commands test install data clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)

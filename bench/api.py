@@ -4,6 +4,7 @@ as one tidy DataFrame, and run a matrix the way `bench run` does.
     import bench.api as api
 
     rows = api.evaluate(my_model, name="my-net", dataset="cifar10", eval_attacks="natural,pgd20,aa")
+    zoo = api.robustbench_model("Wong2020Fast", "models", "cifar10", "linf")   # RobustBench's zoo, a local file
     df = api.results("results")               # every finished row, identity columns first; my-net among them
     df = api.run(methods="at,lrat", train_attack="pgd", epochs=10, results="results")   # the cells' rows
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-__all__ = ["IDENTITY_COLUMNS", "CellsFailed", "evaluate", "load_model_file", "results", "run"]
+__all__ = ["IDENTITY_COLUMNS", "CellsFailed", "evaluate", "load_model_file", "results", "robustbench_model", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,13 @@ def evaluate(model: torch.nn.Module, *, name: str, dataset: str, eval_attacks: s
     from bench.config.preflight import check_results_dir
     from bench.data import to_float
     from bench.evaluation import external
-    from bench.evaluation.evaluate import evaluate_run
     from bench.evaluation.guards import refuse_unsafe
     from bench.provenance import provenance, resolve_device
-    from bench.store import DONE, Store, eval_group, file_sha
+    from bench.store import Store, eval_group, file_sha
 
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"evaluate() takes a torch.nn.Module, got a {type(model).__name__}.")
+    external.check_parameters(model)
     name, label, info, suite, budget = external.check_evaluation(
         name=name, dataset=dataset, eval_attacks=eval_attacks, eps=eps, threat_model=threat_model,
         test_subset=test_subset, checkpoint=checkpoint, eval_batch_size=eval_batch_size,
@@ -134,29 +135,44 @@ def evaluate(model: torch.nn.Module, *, name: str, dataset: str, eval_attacks: s
     ecfg = EvalConfig(attacks=suite, eps=budget, threat_model=threat_model, test_subset=test_subset,
                       batch_size=eval_batch_size, seed=seed, checkpoints=(label,), precision=eval_precision)
     store = Store(results)
+    config = {"run_id": run_id, "train": train, "provenance": provenance(dev),
+              "external": {"model_class": f"{type(model).__module__}.{type(model).__qualname__}", "source": source}}
     with external.Borrowed(model, dev) as net:
         x = to_float(test.x[:min(len(test), eval_batch_size, 8)]).to(dev)
         external.check_outputs(net, x, info.num_classes, info.name)
         refuse_unsafe(net, x, budget, threat_model)  # GuardFailure before anything is written
+        _evaluate_and_store(store, config, label, data, ecfg, test, net, dev)
+    return _stored_rows(store, run_id, eval_group(label, threat_model, budget, len(test), eval_precision), suite)
 
-        def progress(ckpt: str, attack: str, row: dict) -> None:
-            flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
-            log.info("  %s [%s] %s/%s: %.4f on %d points (%.1fs)%s", name, run_id, ckpt, attack, row["accuracy"],
-                     row["n_eval"], row["eval_seconds"], flagged)
 
-        with external.locked(store, run_id, name):
-            external.write_run(store, {"run_id": run_id, "train": train, "provenance": provenance(dev),
-                               "external": {"model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-                                            "source": source}}, label, data)
-            log.info("%s [%s]: %s, %s eps %.6g, %d points", name, run_id, ",".join(suite), threat_model, budget,
-                     len(test))
-            evaluate_run(store, run_id, ecfg, test, dev, progress, model=net)
-            if not store.has(run_id, DONE):
-                store.mark(run_id, DONE)
-    group = eval_group(label, threat_model, budget, len(test), eval_precision)
-    records = [store.read_eval(run_id, group, a) for a in (*suite, "worst")]
+def _evaluate_and_store(store, config: dict[str, Any], label: str, data: bytes, ecfg, test, net, dev) -> None:
+    """Under the run's lock: its folder (config.json, <label>.pt holding `data`), the suite's rows one attack at
+    a time (bench eval's evaluate_run: guards, worst row, resume), then DONE; a failure removes what it wrote."""
+    from bench.evaluation import external
+    from bench.evaluation.evaluate import evaluate_run
+    from bench.store import DONE
+
+    run_id, name = config["run_id"], config["train"]["method"]
+
+    def progress(ckpt: str, attack: str, row: dict) -> None:
+        flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
+        log.info("  %s [%s] %s/%s: %.4f on %d points (%.1fs)%s", name, run_id, ckpt, attack, row["accuracy"],
+                 row["n_eval"], row["eval_seconds"], flagged)
+
+    with external.locked(store, run_id, name), external.removed_on_failure(store, run_id):
+        external.write_run(store, config, label, data)
+        log.info("%s [%s]: %s, %s eps %.6g, %d points", name, run_id, ",".join(ecfg.attacks), ecfg.threat_model,
+                 ecfg.eps, len(test))
+        evaluate_run(store, run_id, ecfg, test, dev, progress, model=net)
+        if not store.has(run_id, DONE):
+            store.mark(run_id, DONE)
+
+
+def _stored_rows(store, run_id: str, group: str, suite: tuple[str, ...]) -> pd.DataFrame:
+    """The rows of the attacks asked for and the worst row, as stored, with their flags."""
     import pandas as pd
 
+    records = [store.read_eval(run_id, group, a) for a in (*suite, "worst")]
     return _tidy(pd.DataFrame([{**r["row"], "flags": r["flags"]} for r in records]))
 
 
@@ -167,6 +183,21 @@ def load_model_file(spec: str, weights: str | Path | None = None) -> torch.nn.Mo
     from bench.evaluation.external import load_model_file as load
 
     return load(spec, weights)
+
+
+def robustbench_model(name: str, model_dir: str | Path, dataset: str = "cifar10",
+                      threat_model: str = "linf") -> torch.nn.Module:
+    """RobustBench's zoo model `name` (e.g. "Wong2020Fast") built by robustbench.utils.load_model from its
+    checkpoint already in `model_dir` (RobustBench's layout: model_dir/cifar10/Linf/Wong2020Fast.pt), never
+    downloaded: UsageError naming the expected path when it is missing. What `bench eval --robustbench` runs;
+    pass the module to `evaluate`:
+
+        net = api.robustbench_model("Wong2020Fast", "models", "cifar10", "linf")
+        api.evaluate(net, name="wong2020fast", dataset="cifar10", eval_attacks="natural,pgd20,aa")
+    """
+    from bench.evaluation.robustbench_zoo import robustbench_model as load
+
+    return load(name, model_dir, dataset, threat_model)
 
 
 # ---- run --------------------------------------------------------------------------------------------------
@@ -218,7 +249,8 @@ def run(**options: Any) -> pd.DataFrame:
     from bench.config.matrix_cells import resolve
     from bench.config.matrix_file import load_matrix_file
     from bench.config.matrix_merge import merge
-    from bench.config.preflight import check_results_dir, load_matrix_data
+    from bench.config.preflight import check_results_dir
+    from bench.execution.matrix_data import load_matrix_data
 
     params = _flag_params()
     values: dict[str, Any] = {}

@@ -22,7 +22,7 @@ import torch
 
 from bench.config.catalog import DATASETS as CATALOG_DATASETS, DatasetEntry
 from bench.config.names import UsageError, lookup
-from bench.plugins import attach
+from bench.plugins import attach, source
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +255,36 @@ def _install_plugin(name: str, plugin) -> None:
 attach("datasets", _install_plugin)
 
 
+def _checked_split(name: str, part: str, pair, info: DatasetInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (images, labels) pair of a plugin dataset, refused with a sentence unless uint8 (N, C, H, W) images
+    of the catalogued size and integer labels in [0, classes): float images would be divided by 255 a second
+    time and train at chance, a label out of range would be scored against a class the model does not have."""
+    where = f"Dataset '{name}' ({source('datasets', name)}), {part} split"
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+        raise UsageError(f"{where}: the loader must return ((train_x, train_y), (test_x, test_y)) as tensors.")
+    x, y = pair
+    shape = (info.in_channels, info.image_size, info.image_size)
+    if x.dtype != torch.uint8:
+        raise UsageError(f"{where}: images are {x.dtype}; expected torch.uint8 (pixels 0-255, which the harness "
+                         f"divides by 255).")
+    if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+        raise UsageError(f"{where}: images of shape {tuple(x.shape)}; expected (N, {', '.join(map(str, shape))}).")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1 or len(y) != len(x):
+        raise UsageError(f"{where}: labels must be a 1-D integer tensor with one label per image, got {y.dtype} of "
+                         f"shape {tuple(y.shape)} for {len(x)} images.")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+        raise UsageError(f"{where}: labels span [{int(y.min())}, {int(y.max())}]; the dataset has "
+                         f"{info.num_classes} classes, so labels must lie in [0, {info.num_classes - 1}].")
+    return x, y.long()
+
+
 def _load_raw(name: str, data_dir: str | None):
     if name in PLUGIN_LOADERS:
-        return PLUGIN_LOADERS[name](data_dir)
+        raw = PLUGIN_LOADERS[name](data_dir)
+        if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
+            raise UsageError(f"Dataset '{name}' ({source('datasets', name)}): the loader must return "
+                             f"((train_x, train_y), (test_x, test_y)), got a {type(raw).__name__}.")
+        return tuple(_checked_split(name, part, pair, DATASETS[name]) for part, pair in zip(("train", "test"), raw))
     if name == "synthetic":
         return _synthetic()
     if name == "fashion-mnist":

@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from bench.data import DATASETS
+from bench.config import format_eps
 from bench.config.catalog import MODELS, default_eps, is_external
 from bench.config.names import UsageError
 from bench.store import Store, atomic_path, check_eval, load_torch, model_from_state, read_json, write_json
+from bench.store_integrity import RunsRefused, refusal_lines, run_integrity
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # robustbench.model_zoo.enums.ThreatModel values: the folder names
 BENCHMARK_DATASETS = ("cifar10", "cifar100")  # what robustbench.eval.benchmark can load, of ours
@@ -39,18 +40,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # RobustBench's i
 
 def _percent(acc: float) -> str:
     return f"{acc * 100:.2f}"  # as RobustBench's curated files write accuracies: "52.48", "0.00"
-
-
-def format_eps(eps: float) -> str:
-    """eps as RobustBench's files write it: "0.5" or "0.031" when a short decimal is exact, "8/255" when a fraction
-    with a denominator up to 1000 is (the float of 8/255 has no short decimal), else the float's shortest repr."""
-    short = f"{eps:.6g}"
-    if float(short) == eps:
-        return short
-    frac = Fraction(eps).limit_denominator(1000)
-    if abs(float(frac) - eps) <= 1e-12 * max(eps, 1e-12):
-        return f"{frac.numerator}/{frac.denominator}"
-    return repr(eps)
 
 
 def check_name(name: str) -> str:
@@ -72,26 +61,52 @@ def default_name(config: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", raw)[:100]
 
 
-def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, eps: float | None) -> dict[str, dict]:
-    """Rows (by attack) of the stored group with natural and aa for this checkpoint, threat model and eps;
-    the one with the most points when several sizes are stored."""
-    train = store.config(run_id)["train"]
-    if eps is None:  # as bench.evaluation.evaluate.resolve_eval_eps: training is L-inf
-        eps = train["eps"] if threat_model == "linf" else default_eps(train["dataset"], threat_model)
-    want = eps
-    groups: dict[str, dict[str, dict]] = {}
+def _stored_rows(store: Store, run_id: str, checkpoint: str, threat_model: str, eps: float) -> dict[str, list[dict]]:
+    """{attack: its rows} for this checkpoint, threat model and eps, over every stored group (point set)."""
+    out: dict[str, list[dict]] = {}
     for path in sorted((store.run_dir(run_id) / "evals").glob("*/*.json")):
         row = check_eval(read_json(path), path)["row"]
         same = row["checkpoint"] == checkpoint and row["threat_model"] == threat_model
-        if same and abs(row["eval_eps"] - want) < 1e-9:
-            groups.setdefault(path.parent.name, {})[row["eval_attack"]] = row
-    usable = [g for g in groups.values() if "natural" in g and "aa" in g]
-    if not usable:
+        if same and abs(row["eval_eps"] - eps) < 1e-9:
+            out.setdefault(row["eval_attack"], []).append({**row, "group": path.parent.name})
+    return out
+
+
+def pick_group(store: Store, run_id: str, checkpoint: str, threat_model: str, eps: float | None) -> dict[str, dict]:
+    """Rows (by attack) for this checkpoint, threat model and eps, each from the largest point set on which that
+    attack ran (fp32 before tf32 on a tie); `worst` from AutoAttack's point set (its guards are AutoAttack's).
+    Each row carries its `group`. UsageError when natural or aa was never evaluated there."""
+    train = store.config(run_id)["train"]
+    if eps is None:  # as bench.evaluation.evaluate.resolve_eval_eps: training is L-inf
+        eps = train["eps"] if threat_model == "linf" else default_eps(train["dataset"], threat_model)
+    by_attack = _stored_rows(store, run_id, checkpoint, threat_model, eps)
+    if "natural" not in by_attack or "aa" not in by_attack:
         raise UsageError(
             f"Run {run_id} has no stored natural and aa rows for checkpoint {checkpoint}, {threat_model} eps "
-            f"{want:.6g}. Evaluate first: bench eval {run_id} --results {store.root} --eval-attacks natural,aa "
-            f"--threat-model {threat_model} --eps {want:.6g} --checkpoint {checkpoint}")
-    return max(usable, key=lambda g: g["natural"]["n_eval"])
+            f"{eps:.6g}. Evaluate first: bench eval {run_id} --results {store.root} --eval-attacks natural,aa "
+            f"--threat-model {threat_model} --eps {eps:.6g} --checkpoint {checkpoint}")
+    rows = {a: max(rs, key=lambda r: (r["n_eval"], r.get("eval_precision", "fp32") == "fp32"))
+            for a, rs in by_attack.items()}
+    worst = [r for r in by_attack.get("worst", []) if r["group"] == rows["aa"]["group"]]
+    rows.pop("worst", None)
+    return {**rows, **({"worst": worst[0]} if worst else {})}
+
+
+def unreliable_reasons(config: dict[str, Any], rows: dict[str, dict]) -> list[str]:
+    """Why RobustBench's "unreliable" must be true for these numbers ([] when none): AutoAttack on fewer points
+    than the test set (RobustBench's leaderboard uses all of it), clean and robust accuracy on different point
+    sets, or an evaluation guard that flagged the AutoAttack row."""
+    nat, aa = rows["natural"], rows["aa"]
+    entry = DATASETS.get(config["train"]["dataset"])
+    out = []
+    if entry is not None and isinstance(aa.get("n_eval"), int) and aa["n_eval"] < entry.n_test:
+        out.append(f"AutoAttack ran on {aa['n_eval']:,} of the {entry.n_test:,} test points")
+    if (nat.get("n_eval"), nat.get("points_sha")) != (aa.get("n_eval"), aa.get("points_sha")):
+        out.append(f"clean accuracy on {nat.get('n_eval', '?')} test points, AutoAttack on {aa.get('n_eval', '?')}: "
+                   "different point sets")
+    if aa.get("guards_flagged"):
+        out.append(f"evaluation guards flagged the AutoAttack row: {aa['guards_flagged']}")
+    return out
 
 
 def model_info(config: dict[str, Any], rows: dict[str, dict], name: str, link: str = "", venue: str = "") -> dict:
@@ -106,9 +121,11 @@ def model_info(config: dict[str, Any], rows: dict[str, dict], name: str, link: s
         "eps": format_eps(aa["eval_eps"]), "clean_acc": _percent(nat["accuracy"]),
         "reported": _percent(aa["accuracy"]), "autoattack_acc": _percent(aa["accuracy"]),
         "footnote": f"AutoAttack standard (pyautoattack {aa.get('pyautoattack_version', '?')}, seed "
-                    f"{aa['eval_seed']}) on {aa['n_eval']} test points ({aa.get('test_points', 'unknown order')}); "
-                    f"lrat-bench run {config['run_id']}.",
-        "unreliable": False,
+                    f"{aa['eval_seed']}) on {aa['n_eval']} test points ({aa.get('test_points', 'unknown order')})"
+                    + (f"; clean accuracy on {nat['n_eval']} test points ({nat.get('test_points', 'unknown order')})"
+                       if nat.get("n_eval", aa["n_eval"]) != aa["n_eval"] else "")
+                    + f"; lrat-bench run {config['run_id']}.",
+        "unreliable": bool(unreliable_reasons(config, rows)),
     }
     assert tuple(info) == CURATED_KEYS
     return info
@@ -129,6 +146,11 @@ def provenance(config: dict[str, Any], rows: dict[str, dict], model_sha256: str,
         "points_sha": aa.get("points_sha"),
         "eval_precision": aa.get("eval_precision"), "eval_tf32": aa.get("eval_tf32"),
         "accuracy": {a: r["accuracy"] for a, r in rows.items()},
+        # each accuracy from the largest point set on which its attack ran: which one, and how many points
+        "accuracy_n_eval": {a: r.get("n_eval") for a, r in rows.items()},
+        "accuracy_points_sha": {a: r.get("points_sha") for a, r in rows.items()},
+        "accuracy_group": {a: r.get("group") for a, r in rows.items()},
+        "unreliable_reasons": unreliable_reasons(config, rows),
         "guards": {k: v for k, v in worst.items() if k.startswith("guard_")},
         "guards_flagged": worst.get("guards_flagged", ""),
         "versions": {k: aa.get(k) for k in ("bench_version", "torch_version", "pyautoattack_version",
@@ -176,16 +198,43 @@ def readme(info: dict[str, Any], prov: dict[str, Any], config: dict[str, Any]) -
             f"Load it:\n\n```python\n{load}```\n\n{check}")
 
 
+def check_out(store: Store, out: str | Path) -> None:
+    """Refuse an export folder inside the results store (the store would then hold files no run wrote: damaged)."""
+    root, target = Path(store.root).resolve(), Path(out).resolve()
+    if target == root or target.is_relative_to(root):
+        raise UsageError(f"--out '{out}' lies inside the results store {store.root}: bench export never writes into "
+                         f"a store (its files would damage it); choose a folder outside it.")
+
+
+def check_usable(store: Store, run_id: str) -> None:
+    """Refuse a run whose stored results may not be exported: unfinished or failed (UsageError, as `bench eval`
+    refuses them), stale or damaged (RunsRefused naming the file and what repairs it)."""
+    verdict = run_integrity(store, run_id)
+    if verdict.verdict == "unfinished":
+        raise UsageError(f"Run {run_id} has not finished (no DONE marker): bench export writes finished runs only; "
+                         f"`bench run` finishes it (`bench status` shows where it stands).")
+    if verdict.verdict == "failed":
+        raise UsageError(f"Run {run_id} failed (FAILED marker: `bench status` shows why): nothing to export; "
+                         f"`bench run` tries it again.")
+    if not verdict.usable:
+        raise RunsRefused("\n".join([f"bench export refuses run {run_id}: its stored results cannot be used.",
+                                     *refusal_lines(store, {run_id: verdict})]))
+
+
 def export_run(store: Store, run_id: str, out: str | Path, checkpoint: str = "best", threat_model: str = "linf",
                eps: float | None = None, name: str | None = None, link: str = "", venue: str = "") -> dict[str, Path]:
     """Write model.pt, model_info/<dataset>/<Linf|L2>/<name>.json, provenance.json and README.md under `out`, each
-    atomically; UsageError (nothing written) for an unsafe name or a run that lacks the stored natural/aa rows."""
+    atomically. Refused before anything is written: an unsafe name, an `out` inside the store, an external model,
+    a run unfinished or failed (UsageError), stale or damaged (RunsRefused: bench/store_integrity.py), or one
+    that lacks the stored natural/aa rows (UsageError)."""
     if name is not None:
         check_name(name)
+    check_out(store, out)
     if is_external(train := store.config(run_id)["train"]):
         raise UsageError(f"Run {run_id} is an external model ('{train['method']}', bench.api.evaluate): bench export "
                          f"writes models the harness can rebuild and check; export it from where it was built (its "
                          f"state dict as evaluated is in {store.run_dir(run_id)}).")
+    check_usable(store, run_id)
     rows = pick_group(store, run_id, checkpoint, threat_model, eps)
     config = store.config(run_id)
     name = name if name is not None else default_name(config)

@@ -104,7 +104,11 @@ def _import(module: str):
         spec = importlib.util.spec_from_file_location(f"lrat_bench_plugin_{path.stem}", path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as exc:  # noqa: BLE001 - the plugin's own code: say which plugin, not a traceback
+            sys.modules.pop(spec.name, None)
+            raise UsageError(_import_failed(module, exc)) from None
         return mod
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `bench` is a console script: the working directory is not on the path
@@ -114,7 +118,18 @@ def _import(module: str):
         if exc.name and module.startswith(exc.name):
             raise UsageError(f"--plugin {module}: no module of that name (give a module importable from the "
                              f"working directory, or a path to a .py file).") from None
-        raise
+        raise UsageError(_import_failed(module, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise UsageError(_import_failed(module, exc)) from None
+
+
+def _import_failed(module: str, exc: BaseException) -> str:
+    """'--plugin bad.py: importing it raised ValueError: ... (bad.py, line 3)': the plugin and where it failed."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"--plugin {module}: importing it raised {type(exc).__name__}: {exc}{where}"
 
 
 def _register_module(module: str) -> None:

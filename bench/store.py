@@ -72,7 +72,18 @@ class Store:
         return (self.run_dir(run_id) / marker).exists()
 
     def mark(self, run_id: str, marker: str, info: dict[str, Any] | None = None) -> None:
-        write_json(self.run_dir(run_id) / marker, info or {})
+        """Write `marker`; DONE also records `evals`, the [group, attack] of every eval file stored (with those
+        `info` already lists), so that a file deleted later reads as missing (bench/store_integrity.py)."""
+        info = dict(info or {})
+        if marker == DONE:
+            listed = {tuple(e) for e in info.get("evals", []) if isinstance(e, (list, tuple)) and len(e) == 2}
+            info["evals"] = [list(e) for e in sorted(listed | set(self.eval_files(run_id)))]
+        write_json(self.run_dir(run_id) / marker, info)
+
+    def eval_files(self, run_id: str) -> list[tuple[str, str]]:
+        """(group, attack) of every eval result file stored for a run, sorted."""
+        evals = self.run_dir(run_id) / "evals"
+        return sorted((p.parent.name, p.stem) for p in evals.glob("*/*.json")) if evals.is_dir() else []
 
     def clear(self, run_id: str, marker: str) -> None:
         with contextlib.suppress(FileNotFoundError):

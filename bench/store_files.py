@@ -109,7 +109,27 @@ def check_eval(obj: Any, path: Path) -> dict[str, Any]:
     n = obj["row"].get("n_eval")
     if isinstance(n, int) and n != len(obj["flags"]):
         raise StoreError(path, f"holds {len(obj['flags'])} per-example flags for n_eval {n}: truncated or garbled")
+    _check_counts(obj["row"], obj["flags"], path)
     return obj
+
+
+ACCURACY_TOLERANCE = 1e-9  # a row's accuracy is its flags' mean, up to float rounding
+
+
+def _check_counts(row: dict[str, Any], flags: str, path: Path) -> None:
+    """The row's `accuracy` (and `n_robust`) are what its flags say: results.csv and the tables, which read
+    them from different places, can then never disagree (an edited number is a damaged file)."""
+    if not flags:
+        return
+    robust = flags.count("1")
+    acc = row.get("accuracy")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not abs(acc - robust / len(flags)) <= \
+            ACCURACY_TOLERANCE:
+        raise StoreError(path, f"accuracy {acc!r} is not the mean of its {len(flags)} per-example flags "
+                         f"({robust / len(flags):.6g}): edited or garbled")
+    if isinstance(row.get("n_robust"), int) and row["n_robust"] != robust:
+        raise StoreError(path, f"n_robust {row['n_robust']} is not the count of its robust flags ({robust}): "
+                         "edited or garbled")
 
 
 # ---- torch files, checked without torch ---------------------------------------------------------------------

@@ -63,7 +63,7 @@ totals the text's last lines print. `--state` narrows `cells`; `totals` always c
 ```text
 {"results": "results", "results_exists": true,
  "cells": [{"run_id": "3f2a9c1b0d4e",
-            "state": "pending",            finished | running | failed | pending | damaged
+            "state": "pending",            finished | running | failed | pending | stale | damaged
             "method": "gairat", "train_attack": "pgd", "dataset": "fashion-mnist", "model": "small-cnn",
             "seed": 0, "epochs": 10,       from the matrix, or the stored config (null if it is unreadable)
             "epochs_done": 4,              epochs in history.json
@@ -73,9 +73,13 @@ totals the text's last lines print. `--state` narrows `cells`; `totals` always c
             "health": {},                  training-health flags, {flag: reason} (docs/results.md); the detail
                                            then ends with them: "...; health: loss_stuck: train loss 2.281 ..."
             "code_fingerprint": "c5b346e9fbfa",   the code that trained it (config.json); null: not recorded
+            "evaluations": [{"checkpoint": "best", "threat_model": "linf", "eps": 0.1, "n_eval": 1000,
+                             "precision": "fp32", "attacks": ["natural", "pgd20", "cw20"]}, ...],
+                                           status only: the evaluation folders stored, the most points first
+                                           (from their names: eps to 6 digits; the worst row left out)
             "work_steps": 1234567,         --dry-run only: training left, example-gradient steps
             "hours": 0.42}, ...],          --dry-run only: hours left; null without a speed figure
- "totals": {"cells": 16, "finished": 3, "running": 1, "failed": 0, "pending": 12, "damaged": 0,
+ "totals": {"cells": 16, "finished": 3, "running": 1, "failed": 0, "pending": 12, "stale": 0, "damaged": 0,
             "work_steps": 19753072, "hours": 6.8},   the last two: --dry-run only
  "estimate": null}                 --dry-run only; with --grad-steps-per-s:
                                    {"basis": "grad-steps-per-s", "hours", "grad_steps_per_s"};
@@ -84,7 +88,8 @@ totals the text's last lines print. `--state` narrows `cells`; `totals` always c
                                    "grad_steps_per_s" (the file's AT rate), "differs": ["model resnet18", ...]}
 ```
 
-Finished and running cells have `work_steps` 0 (and `hours` 0.0 when timed). Example:
+Finished and running cells have `work_steps` 0 (and `hours` 0.0 when timed; the text leaves their hours blank).
+Example:
 `bench status --json | jq -r '.cells[] | select(.state == "failed") | .run_id'`.
 """
 

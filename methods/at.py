@@ -14,5 +14,4 @@ class ATParams:
 
 class AT(WeightedCE):
     name = "at"
-    summary = "standard adversarial training, CE on the attack's output (Madry et al. 2018)"
     Params = ATParams

@@ -111,6 +111,12 @@ class Method:
     def __init__(self, params: Any):
         self.params = params
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A catalogued method's summary is the catalog's, which `bench ls` reads without importing torch.
+        if "summary" not in vars(cls) and getattr(cls, "name", None) in CATALOG_METHODS:
+            cls.summary = CATALOG_METHODS[cls.name].summary
+
     @classmethod
     def entry(cls) -> MethodEntry:
         """The method's catalog entry (labels, parameter specs, attack rules); for a method outside the catalog,
@@ -118,8 +124,8 @@ class Method:
         if cls.name in CATALOG_METHODS:
             return CATALOG_METHODS[cls.name]
         params = {f.name: Param(f.default, f"{cls.__module__}.{cls.Params.__name__}") for f in dataclasses.fields(cls.Params)}
-        return MethodEntry(cls.name.upper(), params=params, max_attacks=cls.max_attacks, needs_kappa=cls.needs_kappa,
-                           min_attack_steps=cls.min_attack_steps)
+        return MethodEntry(cls.name.upper(), getattr(cls, "summary", ""), params=params, max_attacks=cls.max_attacks,
+                           needs_kappa=cls.needs_kappa, min_attack_steps=cls.min_attack_steps)
 
     def check_attacks(self, attack_names: tuple[str, ...], attack_steps: int | None = None) -> None:
         """Refuse, at config time, training attacks the method cannot take (bench/config/method_params.py)."""

@@ -43,7 +43,6 @@ class GAIRATParams:
 
 class GAIRAT(WeightedCE):
     name = "gairat"
-    summary = "geometry-aware instance reweighting from kappa (Zhang et al. ICLR 2021), lam=-1, plain AT for 59/120"
     Params = GAIRATParams
 
     def weights(self, logits_adv, y, adv, attack, ctx: StepContext):

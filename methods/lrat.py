@@ -80,7 +80,6 @@ class LSATParams(LRATParams):
 
 class LRAT(Method):
     name = "lrat"
-    summary = "local reweighting inside each (instance, variants) pair (Gao et al. ICLR 2022), alpha=2 beta=0.5 C=0.1"
     Params = LRATParams
 
     def loss(self, model, x, y, ctx: StepContext) -> StepOutput:
@@ -136,5 +135,4 @@ class LRAT(Method):
 
 class LSAT(LRAT):
     name = "lsat"
-    summary = "LRAT's locally simulated AT: the LRAT objective with all weights 1 (equals AT for one attack)"
     Params = LSATParams

@@ -43,7 +43,6 @@ class MAILParams:
 
 class MAIL(WeightedCE):
     name = "mail"
-    summary = "probabilistic-margin instance reweighting, MAIL-AT (Wang et al. NeurIPS 2021), plain AT for 76/120"
     Params = MAILParams
 
     def weights(self, logits_adv, y, adv, attack, ctx: StepContext):

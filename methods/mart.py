@@ -44,6 +44,5 @@ class MARTParams:
 
 class MART(NaturalAndAdversarial):
     name = "mart"
-    summary = "misclassification-aware AT: boosted CE + beta (1 - p_y(x)) KL (Wang et al. ICLR 2020), beta=6"
     Params = MARTParams
     objective = staticmethod(mart_loss)

@@ -34,6 +34,5 @@ class TRADESParams:
 
 class TRADES(NaturalAndAdversarial):
     name = "trades"
-    summary = "natural CE + beta KL(p(x) || p(x_adv)) on its KL attack (Zhang et al. ICML 2019), beta=6"
     Params = TRADESParams
     objective = staticmethod(trades_loss)

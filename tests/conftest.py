@@ -92,11 +92,30 @@ def _history(epochs: int, method: str = "at", seed: int = 0) -> list[dict]:
     return out
 
 
+def _trained_files(store, run_id: str, checkpoints=("best",), trained: bool = True) -> dict[str, str]:
+    """What training leaves for the integrity check (bench/store_integrity.py): a small checkpoint file per name
+    (its bytes fixed by the run and the name) and TRAINED; returns {checkpoint: its checkpoint_sha}."""
+    import io
+
+    from bench.store import TRAINED, file_sha
+
+    shas = {}
+    for ckpt in dict.fromkeys(("best", "last", *checkpoints)):  # TRAINED promises best.pt and last.pt
+        buffer = io.BytesIO()
+        torch.save({"w": torch.tensor([float(sum(map(ord, run_id + ckpt)))])}, buffer)
+        (store.run_dir(run_id) / f"{ckpt}.pt").write_bytes(buffer.getvalue())
+        shas[ckpt] = file_sha(store.run_dir(run_id) / f"{ckpt}.pt")
+    if trained:
+        store.mark(run_id, TRAINED)
+    return shas
+
+
 def _add_run(store, method: str, train_attack: str, seed: int, flags: dict[str, list[bool]], *,
              dataset: str = "synthetic", model: str = "small-cnn", eps: float = 8 / 255, epochs: int = 3,
              params: dict | None = None, checkpoints: tuple[str, ...] = ("best",), done: bool = True,
              hist: list[dict] | None = None, row_extra: dict | None = None) -> str:
-    """One finished run with the given per-attack robust flags (the same flags for every checkpoint)."""
+    """One finished run with the given per-attack robust flags (the same flags for every checkpoint), its
+    checkpoint files and markers as training leaves them (TRAINED only when `done`)."""
     from bench.config import EvalConfig, TrainConfig
     from bench.evaluation.evaluate import make_row, write_worst
     from bench.store import DONE, eval_group, write_json
@@ -110,12 +129,14 @@ def _add_run(store, method: str, train_attack: str, seed: int, flags: dict[str, 
                _history(epochs, method, seed) if hist is None else hist)
     n = len(next(iter(flags.values())))
     ecfg = EvalConfig(attacks=tuple(flags), test_subset=n)
+    shas = _trained_files(store, run_id, checkpoints, trained=done)
     for ckpt in checkpoints:
         group = eval_group(ckpt, "linf", eps, n)
         for attack, f in flags.items():
-            row = {**make_row(config, ckpt, epochs, attack, list(f), eps, ecfg, 0.1, [], PROV), **(row_extra or {})}
+            row = {**make_row(config, ckpt, epochs, attack, list(f), eps, ecfg, 0.1, [], PROV),
+                   "checkpoint_sha": shas[ckpt], **(row_extra or {})}
             store.write_eval(run_id, group, attack, row, list(f))
-        write_worst(store, run_id, group, config, ckpt, epochs, eps, ecfg, PROV)
+        write_worst(store, run_id, group, config, ckpt, epochs, eps, ecfg, PROV, checkpoint_sha=shas[ckpt])
     if done:
         store.mark(run_id, DONE)
     return run_id
@@ -152,6 +173,13 @@ def history():
     """history(epochs, method="at", seed=0) -> a plausible per-epoch history (weight statistics for reweighted
     methods after a one-epoch burn-in)."""
     return _history
+
+
+@pytest.fixture(scope="session")
+def trained_files():
+    """trained_files(store, run_id, checkpoints=("best",), trained=True) -> {checkpoint: checkpoint_sha}: the
+    checkpoint files and TRAINED marker a hand-made finished run needs to pass the integrity check."""
+    return _trained_files
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ def test_registries_and_catalog_name_the_same_things():
 def test_method_params_are_the_catalog_defaults(name):
     cls = METHODS[name]
     assert cls.name == name and cls.entry() is catalog.METHODS[name]
+    assert cls.summary and cls.summary == catalog.METHODS[name].summary  # `bench ls` reads it torch-free
     fields = {f.name: f.default for f in dataclasses.fields(cls.Params)}
     assert fields == catalog.method_defaults(name)
     assert dataclasses.asdict(cls.make().params) == resolve_method_params(name)

@@ -92,7 +92,7 @@ def test_a_swapped_checkpoint_makes_its_rows_stale_and_run_evaluates_them_again(
     shutil.copyfile(store.run_dir(other) / "best.pt", store.run_dir(run_id) / "best.pt")
     swapped = file_sha(store.run_dir(run_id) / "best.pt")
     state = cell_status(store, run_id)
-    assert state.state == "pending" and state.detail.startswith("stale evaluation evals/best-"), state
+    assert state.state == "stale" and state.detail.startswith("evals/best-"), state
     assert "computed on another best.pt" in state.detail
     res = invoke(*SMALL, *SEEDS, "--results", str(store.root))
     assert res.exit_code == 0 and "1 run, 1 already finished" in res.output, res.output

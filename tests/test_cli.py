@@ -96,9 +96,13 @@ def test_ls_json_is_the_registries_and_the_catalog():
     from bench.models import MODELS
     from methods import METHODS
 
+    from bench.config import catalog
+
     doc, _ = stdout_json("ls", "--json")
     assert list(doc) == ["methods", "train_attacks", "eval_attacks", "datasets", "models"]
-    assert [m["name"] for m in doc["methods"]] == [k for k, v in METHODS.items() if k == v.name]
+    # the catalog's display order (the report's), the registries' entries
+    assert [m["name"] for m in doc["methods"]] == list(catalog.METHODS)
+    assert set(catalog.METHODS) == {k for k, v in METHODS.items() if k == v.name}
     for m in doc["methods"]:
         cls, entry = METHODS[m["name"]], METHODS[m["name"]].entry()
         assert (m["label"], m["summary"], m["max_attacks"]) == (entry.label, cls.summary, entry.max_attacks)
@@ -119,7 +123,7 @@ def test_ls_json_is_the_registries_and_the_catalog():
     assert [(a["name"], a["has_kappa"]) for a in doc["train_attacks"]] == \
         [(k, v.has_kappa) for k, v in TRAIN_ATTACKS.items()]
     assert [(a["name"], a["label"], a["strength"]) for a in doc["eval_attacks"]] == \
-        [(k, v.entry.label, v.strength) for k, v in EVAL_ATTACKS.items()]
+        [(k, EVAL_ATTACKS[k].entry.label, EVAL_ATTACKS[k].strength) for k in catalog.EVAL_ATTACKS]
     assert [(d["name"], d["n_test"], d["eps_linf"], d["default_model"]) for d in doc["datasets"]] == \
         [(k, v.n_test, v.eps_linf, v.default_model) for k, v in DATASETS.items()]
     assert [(m["name"], m["lr"]) for m in doc["models"]] == [(k, MODEL_ENTRIES[k].lr) for k in MODELS]
@@ -182,7 +186,8 @@ def test_status_json_is_the_cells_and_the_totals_of_the_text(mixed_store):
             {k: train[k] for k in ("method", "train_attack", "dataset", "model", "seed", "epochs")}
         assert cell["epochs_done"] == len(store.history(run_id)) and cell["label"].endswith(f"[{run_id}]")
     assert by_id[ids["failed"]]["detail"] == "boom"
-    assert doc["totals"] == {"cells": 3, "finished": 1, "running": 0, "failed": 1, "pending": 1, "damaged": 0}
+    assert doc["totals"] == {"cells": 3, "finished": 1, "running": 0, "failed": 1, "pending": 1, "stale": 0,
+                             "damaged": 0}
     text = CliRunner().invoke(main, ["status", "--results", str(store.root)]).output
     assert "3 cells: 1 finished, 0 running, 1 failed, 1 pending" in text
     only, _ = stdout_json("status", "--results", str(store.root), "--json", "--state", "failed")

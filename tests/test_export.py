@@ -145,12 +145,14 @@ def test_export_writes_robustbench_curated_file_and_a_readme_that_loads_the_mode
     assert info == {"link": "", "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
                     "dataset": "synthetic", "venue": "", "architecture": "SmallCNN", "eps": "0.3",
                     "clean_acc": f"{sum(natural) / N * 100:.2f}", "reported": "0.00", "autoattack_acc": "0.00",
-                    "footnote": info["footnote"], "unreliable": False}
+                    "footnote": info["footnote"], "unreliable": True}  # AutoAttack on 48 of the 512 points
     assert f"on {N} test points (balanced-subset)" in info["footnote"] and run_id in info["footnote"]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["model_info"] == f"model_info/synthetic/Linf/{name}.json"
     assert (prov["threat_model"], prov["eps"], prov["n_examples"]) == ("Linf", 0.3, N)
     assert prov["run_id"] == run_id and prov["accuracy"]["aa"] == 0.0 and prov["test_points"] == "balanced-subset"
+    assert prov["unreliable_reasons"] == [f"AutoAttack ran on {N} of the 512 test points"]
+    assert prov["accuracy_n_eval"] == {"natural": N, "aa": N, "worst": N}
     assert prov["model_sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
     assert "guard_eval_mode" in prov["guards"]
     readme_text = (out / "README.md").read_text()

@@ -122,7 +122,8 @@ def test_zero_input_gradient_is_flagged(good, batch):
 def test_check_model_is_quiet_on_a_correct_model(good, batch):
     x, y = batch
     results = check_model(good, x, y, 8 / 255, "linf")
-    assert {r.name for r in results} == {"eval_mode", "input_range", "eps", "deterministic", "logits", "zero_grad"}
+    assert {r.name for r in results} == {"eval_mode", "input_range", "eps", "outputs", "deterministic", "logits",
+                                         "zero_grad"}
     assert all(r.status == "ok" for r in results)
     assert columns(results)["guards_flagged"] == ""
 

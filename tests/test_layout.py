@@ -1,5 +1,6 @@
-"""The layout: no import cycles among the modules of bench/ and methods/ (function-level imports included), and
-the light commands (`bench --help`, `bench status`, `bench run --dry-run`, `bench report`) never import torch."""
+"""The layout: no import cycles among the modules of bench/ and methods/ (function-level imports included), the
+config layer (bench/config/) self-contained, no function longer than a screen, and the light commands (`bench
+--help`, `bench ls`, `bench status`, `bench run --dry-run`, `bench report`) never import torch."""
 from __future__ import annotations
 
 import ast
@@ -146,6 +147,38 @@ def test_no_command_module_imports_the_group():
     assert commands and not [m for m in commands if "bench.cli" in graph[m]]
 
 
+def test_the_config_layer_imports_nothing_outside_it():
+    """bench/config/ is torch-free and self-contained: every reader (the CLI's light commands, the report) can
+    import it without pulling in the data, the models or the methods."""
+    graph = import_graph()
+    config = [m for m in graph if m == "bench.config" or m.startswith("bench.config.")]
+    outside = {m: sorted(t for t in graph[m] if not (t == "bench.config" or t.startswith("bench.config.")))
+               for m in config}
+    assert config and not {m: t for m, t in outside.items() if t}, outside
+
+
+MAX_FUNCTION_LINES = 60  # one screen, from `def` to the last line (decorators aside, docstring included)
+
+
+def long_functions(path: Path, root: Path = ROOT, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """'file:line name (N lines)' for every function or method in `path` longer than `limit` lines."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.relative_to(root)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_the_length_check_counts_from_def_to_the_last_line(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(59))  # def + 59 lines: 60, the most allowed
+    (tmp_path / "m.py").write_text(f"@staticmethod\ndef ok():\n{body}\n\n\ndef long():\n{body}\n    return 1\n")
+    assert long_functions(tmp_path / "m.py", tmp_path) == ["m.py:64 long (61 lines)"]
+
+
+def test_no_function_is_longer_than_a_screen():
+    found = [line for path in module_files().values() for line in long_functions(path)]
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(found)
+
+
 def test_the_run_commands_defaults_are_run_defaults():
     """`bench status --config` resolves a matrix file over RUN_DEFAULTS; `bench run` must use the same."""
     from bench.cli.common import RUN_DEFAULTS
@@ -203,10 +236,16 @@ def tiny_store(tmp_path_factory, add_run, random_flags) -> Path:
 
 
 @pytest.mark.parametrize("case", ["help", "run-help", "status", "status-config", "dry-run", "status-json", "dry-run-json",
-                                  "report"])
+                                  "report", "ls", "ls-method", "ls-json", "status-empty", "quiet-report"])
 def test_light_commands_never_import_torch(case, tiny_store, tmp_path):
+    (tmp_path / "empty").mkdir()
     args = {
         "help": ["--help"],
+        "ls": ["ls"],  # from the catalog, which the registries and the plugins fill
+        "ls-method": ["ls", "lrat"],
+        "ls-json": ["ls", "--json"],
+        "status-empty": ["status", "--results", str(tmp_path / "empty")],
+        "quiet-report": ["-q", "report", "--results", str(tiny_store), "--out", str(tmp_path / "out"), "--no-pdf"],
         "run-help": ["run", "--help"],
         "status": ["status", "--results", str(tiny_store)],
         "status-config": ["status", "--results", str(tmp_path / "empty"), "--config", "experiments/smoke.toml"],
@@ -223,9 +262,19 @@ def test_light_commands_never_import_torch(case, tiny_store, tmp_path):
         assert "2 cells: 2 finished" in proc.stdout
     if case in ("status-config", "dry-run"):
         assert "pending" in proc.stdout
-    if case == "report":
+    if case in ("report", "quiet-report"):
         assert (tmp_path / "out" / "summary.md").exists()
+    if case == "quiet-report":  # -q: nothing but warnings and errors, and there are none
+        assert proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+    if case == "ls-method":
+        assert proc.stdout.startswith("lrat (LRAT): ") and "anchor_bn" in proc.stdout
+    if case == "status-empty":
+        assert proc.stdout.startswith("No runs in")
     if case.endswith("-json"):  # stdout is the document alone
         import json
 
-        assert json.loads(proc.stdout)["totals"]["cells"] == (2 if case == "status-json" else 6)
+        doc = json.loads(proc.stdout)
+        if case == "ls-json":
+            assert [m["name"] for m in doc["methods"]][:2] == ["at", "trades"]
+        else:
+            assert doc["totals"]["cells"] == (2 if case == "status-json" else 6)

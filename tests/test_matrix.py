@@ -112,7 +112,7 @@ def test_datasets_and_models_expand_the_matrix_with_per_dataset_defaults():
         ("synthetic", "small-cnn"), ("synthetic", "resnet18"), ("cifar10", "small-cnn"), ("cifar10", "resnet18")]
     defaults = cells_of({}, dataset="synthetic,cifar10")
     assert [(c.train.model, round(c.train.eps, 6), c.train.augment) for c in defaults] == [
-        ("small-cnn", 0.1, False), ("resnet18", round(8 / 255, 6), True)]
+        ("cnn-bn", 0.1, False), ("resnet18", round(8 / 255, 6), True)]
     assert len({c.train.run_id for c in cells}) == 4
 
 

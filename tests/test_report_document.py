@@ -90,7 +90,7 @@ def test_every_output_and_a_self_contained_summary(store_root, tmp_path):
                 for ext in ("tex", "md", "csv")}
     expected |= {f"fig_{f}.{ext}" for f in ("heatmap", "attack_rank", "gap", "curves", "weights")
                  for ext in ("pdf", "png")}
-    expected |= {"results.csv", "flags.csv.gz", "attack_rank.csv", "report.tex", "summary.md"}
+    expected |= {"results.csv", "flags.csv.gz", "attack_rank.csv", "report.tex", "summary.md", "report.html"}
     assert set(written) == expected and all(p.exists() for p in written.values())
     summary = written["summary.md"].read_text()
     assert "- **GAIRAT (PGD)** vs AT (PGD) (2 seeds): on the seen attacks (PGD-20)" in summary
@@ -119,9 +119,9 @@ def test_bench_report_writes_the_attack_rank_figure(store_root, tmp_path):
         assert r.accuracy == pytest.approx(row.loc[row.eval_attack == r.eval_attack, "mean"].item())
     tex = (tmp_path / "report.tex").read_text()
     figure = tex[tex.index("{fig_attack_rank.pdf}"):]
-    caption = figure[:figure.index("\\end{figure}")]
+    caption = figure[:figure.index("\\end{minipage}")]
     assert "rank 1 = the strongest attack (the lowest accuracy)" in caption
-    assert "mean over 2 seeds on the 80 test points" in caption
+    assert "mean over 2 seeds per row, on the 80 test points" in caption
     assert "![attack_rank](fig_attack_rank.png)" in (tmp_path / "summary.md").read_text()
 
 
@@ -218,14 +218,111 @@ def test_settings_that_differ_in_one_number_keep_their_own_files(tmp_path, add_r
             add_run(store, method, "pgd", 0, flags, eps=eps)
     out = tmp_path / "o"
     written = write_report(tmp_path / "r", out, Selection(compile_pdf=False))
-    for fig in ("fig_heatmap", "fig_gap", "fig_curves", "fig_weights"):
+    for fig in ("fig_heatmap", "fig_gap"):
         names = [n for n in written if n.startswith(fig + "-")]
         assert len(names) == 4 and all("." not in n.removesuffix(".pdf").removesuffix(".png") for n in names), names
+    training = {n for n in written if n.startswith(("fig_curves", "fig_weights"))}
+    assert training == {"fig_curves.pdf", "fig_curves.png", "fig_weights.pdf", "fig_weights.png"}  # once
     assert len({p.resolve() for p in written.values()}) == len(written)  # no two outputs share a file
     tex = written["report.tex"].read_text()
     included = re.findall(r"\\input\{([^}]+)\}", tex) + re.findall(r"\\includegraphics(?:\[[^]]*\])?\{([^}]+)\}", tex)
-    assert len(included) == 2 * (5 + 4)  # per setting: 5 tables (health too) and 4 figures
+    assert len(included) == 2 * (5 + 2) + 2  # per setting: 5 tables (health too) and 2 figures; training once
     assert len(set(included)) == len(included), sorted(included)
     assert all((out / name).exists() for name in included), [n for n in included if not (out / n).exists()]
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", written["summary.md"].read_text())
-    assert len(images) == len(set(images)) == 8 and all((out / i).exists() for i in images)
+    assert len(images) == len(set(images)) == 6 and all((out / i).exists() for i in images)
+
+
+# ---- reproducible outputs, rounded CSVs, training figures once, true captions (issue 25) ----------------------
+
+def test_two_reports_on_one_store_are_byte_identical(store_root, tmp_path):
+    """`bench report` twice on one store, into two folders: every file the same bytes, report.pdf and the
+    figures' PDFs included (no creation date, no PDF /ID; pdflatex under a fixed SOURCE_DATE_EPOCH)."""
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        args = ["report", "--results", str(store_root), "--out", str(out)] + ([] if HAS_PDFLATEX else ["--no-pdf"])
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir())
+    assert "report.html" in names and ("report.pdf" in names or not HAS_PDFLATEX)
+    differ = [n for n in names if (outs[0] / n).read_bytes() != (outs[1] / n).read_bytes()]
+    assert not differ, differ
+    assert b"CreationDate" not in (outs[0] / "fig_gap.pdf").read_bytes()
+
+
+COUNT_CELL = re.compile(r"(^|_)(n_\w+|b|c|rank|seeds_lower|n_pairs|seed)$")
+
+
+def _significant(cell: str) -> int:
+    mantissa = cell.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
+def test_csv_numbers_are_rounded_to_what_they_mean(store_root, tmp_path):
+    """The report's own CSVs: accuracies and gaps to 0.01 points, p-values to 3 significant digits, counts as
+    integers, per_seed strings untouched; no float noise (34.300000000000004). results.csv holds the stored rows
+    as stored and is not one of them."""
+    written = write_report(store_root, tmp_path, Selection(compile_pdf=False))
+    csvs = [n for n in written if n.endswith(".csv") and n != "results.csv"]
+    assert {"table.csv", "gap_table.csv", "attack_gaps.csv", "attack_rank.csv"} <= set(csvs)
+    checked = 0
+    for name in csvs:
+        frame = pd.read_csv(written[name], dtype=str, keep_default_na=False)
+        for col in frame.columns:
+            if col in ("run_id", "checkpoint_sha", "points_sha", "code_fingerprints") or col.endswith("per_seed"):
+                continue
+            for cell in frame[col]:
+                try:
+                    float(cell)
+                except ValueError:
+                    continue  # a label, a flag, an empty cell
+                checked += 1
+                if re.search(r"(^|_)p$", col):
+                    assert _significant(cell) <= 3, (name, col, cell)
+                elif COUNT_CELL.search(col):
+                    assert re.fullmatch(r"\d+", cell), (name, col, cell)
+                else:
+                    assert re.fullmatch(r"-?\d+(\.\d{1,2})?", cell), (name, col, cell)
+    assert checked > 200
+    gaps = pd.read_csv(written["gap_table.csv"])
+    assert gaps["seen_per_seed"].str.fullmatch(r"-?\d+\.\d\d;-?\d+\.\d\d").all()  # two seeds, as written
+
+
+def test_training_figures_once_with_training_captions(tmp_path, add_run):
+    """Two settings (the demo's two point sets) share their runs: fig_curves and fig_weights are written once,
+    after the settings, captioned as training plots (no test points); the setting figures keep their points."""
+    store = Store(tmp_path / "r")
+    for n in (8, 4):
+        for method in ("at", "gairat"):
+            add_run(store, method, "pgd", 0, {"natural": [True] * n, "pgd20": [True, False] * (n // 2)})
+    written = write_report(tmp_path / "r", tmp_path / "o", Selection(compile_pdf=False))
+    assert sorted(n for n in written if n.startswith(("fig_curves", "fig_weights"))) == [
+        "fig_curves.pdf", "fig_curves.png", "fig_weights.pdf", "fig_weights.png"]
+    tex = written["report.tex"].read_text()
+    assert tex.index("section*{Training}") > tex.rindex("fig_gap")
+    for fig in ("fig_curves", "fig_weights"):
+        caption = tex[tex.index(f"{{{fig}.pdf}}"):]
+        caption = caption[:caption.index("\\end{minipage}")]
+        assert "training plot" in caption or "Training curves" in caption
+        assert "test point" not in caption and "one seed per line" in caption
+    summary = written["summary.md"].read_text()
+    assert summary.count("![curves](fig_curves.png)") == 1 and "## Training" in summary
+
+
+def test_captions_state_only_what_the_figures_show(tmp_path, paper_store):
+    """One seed: no 'mean ± std over 1 seed' nor 'mean over 1 seed'; fig_gap's caption names exactly the gap kinds
+    in its legend (no related attack here: 'related' is not named)."""
+    import bench.report.plots as plots
+
+    paper_store(tmp_path / "r", seeds=(0,), n=40)
+    written = write_report(tmp_path / "r", tmp_path / "o", Selection(compile_pdf=False))
+    text = "\n".join(written[n].read_text() for n in ("report.tex", "summary.md", "table.md", "table.tex"))
+    assert "over 1 seed" not in text and "one seed per row" in text
+    gaps = pd.read_csv(written["gap_table.csv"])
+    legend = [t.get_text() for t in plots.gap_figure(gaps, "at").legends[0].get_texts()]
+    assert legend == ["seen attacks", "unseen attacks (mean)", "unseen attacks (worst case)"]
+    caption = next(line for line in written["summary.md"].read_text().splitlines()
+                   if line.startswith("*Gap to the baseline"))
+    assert "on seen attacks, unseen attacks (mean) and unseen attacks (worst case)," in caption
+    assert "related" not in caption and "one seed-matched pair of runs per row" in caption

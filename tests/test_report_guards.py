@@ -23,18 +23,18 @@ REASON = "Square Attack has decreased the robust accuracy of 0.5% | see issue #5
 
 
 @pytest.fixture
-def guarded_run(prov, history):
+def guarded_run(prov, history, trained_files):
     """guarded_run(store, method, seed, flagged=None, *, legacy=False, worst=False) -> run_id."""
-    return functools.partial(_guarded_run, prov, history)
+    return functools.partial(_guarded_run, prov, history, trained_files)
 
 
-def _guarded_run(prov: dict, history, store: Store, method: str, seed: int,
+def _guarded_run(prov: dict, history, trained_files, store: Store, method: str, seed: int,
                  flagged: dict[str, tuple[str, str]] | None = None, *, legacy: bool = False,
                  worst: bool = False) -> str:
     """A finished run whose rows carry the guard columns as the evaluator writes them (bench.evaluation.guards.columns):
     every guard ok except `flagged` ({eval attack: (guard, reason)}); `legacy` rows predate the guards (no guard
-    column at all); `worst` adds the evaluator's worst row (which merges the flags of the others). `prov` and
-    `history`: the conftest fixtures of the same names."""
+    column at all); `worst` adds the evaluator's worst row (which merges the flags of the others). `prov`,
+    `history` and `trained_files`: the conftest fixtures of the same names."""
     cfg = TrainConfig(method=method, train_attack="pgd", dataset="synthetic", model="small-cnn", eps=8 / 255,
                       epochs=2, seed=seed)
     config = {"run_id": cfg.run_id, "train": cfg.to_dict(), "provenance": prov}
@@ -42,8 +42,9 @@ def _guarded_run(prov: dict, history, store: Store, method: str, seed: int,
     write_json(store.run_dir(cfg.run_id) / "history.json", history(2, method, seed))
     ecfg = EvalConfig(attacks=tuple(FLAGS), test_subset=N)
     group = eval_group("best", "linf", 8 / 255, N)
+    sha = trained_files(store, cfg.run_id)["best"]
     for attack, f in FLAGS.items():
-        row = make_row(config, "best", 2, attack, f, 8 / 255, ecfg, 0.1, [], prov)
+        row = {**make_row(config, "best", 2, attack, f, 8 / 255, ecfg, 0.1, [], prov), "checkpoint_sha": sha}
         if not legacy:
             results = [GuardResult(g, "ok") for g in MODEL_GUARDS]
             results.append(GuardResult("autoattack", "ok") if attack == "aa"
@@ -54,7 +55,7 @@ def _guarded_run(prov: dict, history, store: Store, method: str, seed: int,
             row.update(columns(results))
         store.write_eval(cfg.run_id, group, attack, row, f)
     if worst:
-        write_worst(store, cfg.run_id, group, config, "best", 2, 8 / 255, ecfg, prov)
+        write_worst(store, cfg.run_id, group, config, "best", 2, 8 / 255, ecfg, prov, checkpoint_sha=sha)
     store.mark(cfg.run_id, DONE)
     return cfg.run_id
 

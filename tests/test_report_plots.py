@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import colors as mcolors
 from matplotlib.container import BarContainer
 from matplotlib.image import AxesImage
+from matplotlib.legend import Legend
 from matplotlib.patches import Rectangle, StepPatch
 
 import bench.report.plots as plots
@@ -42,12 +44,12 @@ def test_heatmap_one_panel_per_method_with_every_cell(tables):
         grid = ax.images[0].get_array()
         assert grid.shape == (1, 5)  # one training attack x (natural, pgd20, cw20, aa, worst)
         assert [t.get_text() for t in ax.get_xticklabels()] == ["Natural", "PGD-20", "CW-20", "AA", "Worst"]
-        assert ax.get_xlabel() == "evaluation attack" and ax.get_ylabel() == "training attack"
+        assert ax.get_xlabel() == "evaluation attack" and ax.get_ylabel() == "training\nattack"
         sub = cells[cells.method == method].set_index("eval_attack")
         assert grid[0, 1] == pytest.approx(sub.loc["pgd20", "mean"])
         texts = [t.get_text() for t in ax.texts]
         assert len(texts) == 5 and sum(t.endswith("†") for t in texts) == 1  # exactly one seen cell
-    assert any(ax.get_ylabel() == "accuracy (%)" for ax in fig.axes)  # the shared colour bar
+    assert any(ax.get_xlabel() == "accuracy (%)" for ax in fig.axes)  # the shared colour bar, below the panels
 
 
 def test_heatmap_colour_scale_is_shared_and_never_empty(tables):
@@ -140,13 +142,15 @@ def test_training_curves(setting):
 def test_weights_figure_share_and_histograms(setting):
     hist = plots.history_frame(setting)
     fig = plots.weights_figure(hist)
-    share, *panels = fig.axes
-    assert share.get_ylabel() == "instances with weight < 0.2 (%)"
+    share, legend, *panels = fig.axes
+    assert share.get_ylabel() == "instances with weight\n< 0.2 (%)"
     assert [line.get_label() for line in share.get_lines()] == ["GAIRAT (PGD)", "LRAT (CW)"]  # AT has no weights
+    texts = [[t.get_text() for t in lg.get_texts()] for lg in legend.get_children() if isinstance(lg, Legend)]
+    assert texts == [["GAIRAT (PGD)", "LRAT (CW)"], ["first reweighted epoch", "middle", "last"]]  # beside (a)
     x, y = share.get_lines()[0].get_data()
     g = hist[(hist.variant == "GAIRAT (PGD)") & hist["w_frac_below_0.2"].notna()].groupby("epoch")["w_frac_below_0.2"]
     assert list(x) == [2, 3] and np.allclose(y, 100 * g.mean().to_numpy())  # burn-in epoch 1 has no weights
-    assert [ax.get_title() for ax in panels] == ["GAIRAT (PGD)", "LRAT (CW)"]
+    assert [ax.get_title() for ax in panels] == ["GAIRAT (PGD)\nepochs 2, 3", "LRAT (CW)\nepochs 2, 3"]
     for ax in panels:
         stairs = [p for p in ax.patches if isinstance(p, StepPatch)]
         assert [s.get_label() for s in stairs] == ["epoch 2", "epoch 3"]
@@ -167,17 +171,17 @@ def test_weights_figure_draws_relative_weights_when_recorded(setting):
     hist["rw_frac_below_0.2"] = np.where(rw, 0.1, np.nan)
     hist["rw_hist"] = [list(counts) if r else None for r in rw]
     assert plots.weights_kind(hist) == "relative"
-    share, *panels = plots.weights_figure(hist).axes
-    assert share.get_ylabel() == "instances with relative weight < 0.2 (%)"
+    share, _, *panels = plots.weights_figure(hist).axes
+    assert share.get_ylabel() == "instances with relative weight\n< 0.2 (%)"
     assert np.allclose(share.get_lines()[0].get_data()[1], 10.0)  # rw's 0.1, not w's share
     stairs = [p for p in panels[0].patches if isinstance(p, StepPatch)]
     data = stairs[0].get_data()
     assert len(data.values) == 31 and data.edges[-2] == 3.0  # 30 bins of 0.1, one overflow
     assert data.values[10] == pytest.approx(90.0) and data.values[1] == pytest.approx(10.0)
-    assert panels[0].get_xlabel().startswith("relative weight (1 = batch mean")
+    assert panels[0].get_xlabel().startswith("relative weight\n(1 = batch mean")
     hist.loc[rw[rw].index[0], "rw_frac_below_0.2"] = np.nan  # one old history among new ones
     assert plots.weights_kind(hist) == "raw"
-    assert plots.weights_figure(hist).axes[0].get_ylabel() == "instances with weight < 0.2 (%)"
+    assert plots.weights_figure(hist).axes[0].get_ylabel() == "instances with weight\n< 0.2 (%)"
 
 
 def test_no_weights_figure_without_reweighted_runs(tmp_path, add_run):
@@ -186,3 +190,152 @@ def test_no_weights_figure_without_reweighted_runs(tmp_path, add_run):
     chosen, pool = select(load_frame(tmp_path), Selection())
     (s,) = build_settings(store, chosen, pool, Selection())
     assert plots.weights_figure(plots.history_frame(s)) is None
+
+
+# ---- figures that read (issue 25): nothing clipped, series told apart, legends off the data, panels by rows ----
+
+STUDY_VARIANTS = [("at", "PGD"), ("at", "CW"), ("trades", "KL"), ("mart", "PGD"), ("gairat", "PGD"), ("gairat", "CW"),
+                  ("mail", "PGD"), ("mail", "CW"), ("lrat", "PGD"), ("lrat", "GD+CW"), ("lrat", "PGD+CW"),
+                  ("lrat", "GD+SAA"), ("lrat", "CW"), ("lrat", "SAA+CW"), ("lrat", "SAA+CW+GD")]
+
+
+@pytest.fixture(scope="module")
+def study_history(history):
+    """A 15-variant study's histories (the issue's fig_curves), two seeds each; the 11 reweighted variants carry
+    relative weights too."""
+    rows = []
+    for k, (method, attack) in enumerate(STUDY_VARIANTS):
+        for seed in (0, 1):
+            for h in history(6, method if method in ("gairat", "mail", "lrat") else "at", seed=10 * k + seed):
+                if "w_hist" in h:
+                    counts = np.random.default_rng(k).multinomial(1000, np.r_[0.2, np.full(30, 0.8 / 30)])
+                    h = {**h, "rw_frac_below_0.2": counts[0] / 1000, "rw_hist": counts.tolist()}
+                rows.append({"variant": f"{method.upper()} ({attack})", "method": method,
+                             "run_id": f"{k:02d}{seed}", "seed": seed, **h})
+    return pd.DataFrame(rows)
+
+
+def _figure(name: str, setting, tables, study_history):
+    cells, gaps = tables
+    hist = study_history if name.endswith("-15") else plots.history_frame(setting)
+    return {"heatmap": lambda: plots.heatmap_figure(cells),
+            "attack_rank": lambda: plots.attack_rank_figure(attack_ranks(cells)),
+            "gap": lambda: plots.gap_figure(gaps, "at"),
+            "curves": lambda: plots.curves_figure(hist), "weights": lambda: plots.weights_figure(hist)}[
+        name.removesuffix("-15")]()
+
+
+def _drawn_texts(fig, monkeypatch) -> list:
+    """Every text artist a draw of `fig` actually paints (tick labels outside the view are never drawn)."""
+    from matplotlib.text import Text
+
+    drawn, draw = [], Text.draw
+
+    def spy(self, renderer):
+        draw(self, renderer)
+        if self.get_visible() and self.get_text():
+            drawn.append(self)
+
+    monkeypatch.setattr(Text, "draw", spy)
+    fig.canvas.draw()
+    monkeypatch.undo()
+    return drawn
+
+
+@pytest.mark.parametrize("name", ["heatmap", "attack_rank", "gap", "curves", "weights", "curves-15", "weights-15"])
+def test_no_label_leaves_the_canvas(name, setting, tables, study_history, monkeypatch):
+    """Every painted text (labels, tick labels, titles, legends, cell values) lies inside the figure's canvas:
+    the cut fig_weights y-label ("< 0.2 (%") and x-label of the issue cannot come back."""
+    fig = _figure(name, setting, tables, study_history)
+    texts = _drawn_texts(fig, monkeypatch)
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    assert len(texts) > 10
+    outside = []
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            outside.append((t.get_text(), [round(v) for v in box.extents]))
+    assert not outside, f"{name}: text outside the {width:.0f}x{height:.0f} px canvas: {outside}"
+
+
+def test_fifteen_series_differ_in_colour_and_line_style(study_history):
+    """Beyond ten series a colour comes back only with another line style and marker (the issue: AT (PGD) and
+    LRAT (PGD+CW) both blue), in the curves and in the weights' share panel; the same order, the same looks."""
+    curves = plots.curves_figure(study_history)
+    share = plots.weights_figure(study_history).axes[0]
+    for lines, n in ((curves.axes[1].get_lines(), 15), (share.get_lines(), 11)):
+        looks = [(mcolors.to_hex(line.get_color()), line.get_linestyle(), line.get_marker()) for line in lines]
+        assert len(looks) == n and len(set(looks)) == n
+        for a in looks:
+            for b in looks:
+                assert a == b or a[0] != b[0] or (a[1] != b[1] and a[2] != b[2])
+    assert [plots.series_style(i) for i in range(15)] == [plots.series_style(i) for i in range(15)]
+    assert plots.series_style(0)["color"] == plots.series_style(10)["color"]
+    assert plots.series_style(0)["linestyle"] != plots.series_style(10)["linestyle"]
+
+
+@pytest.mark.parametrize("name", ["gap", "curves-15", "weights-15"])
+def test_legends_sit_outside_the_data(name, setting, tables, study_history):
+    """No legend covers an axes that draws data (the issue: fig_curves' 15-entry legend over the lines)."""
+    fig = _figure(name, setting, tables, study_history)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [*fig.legends, *(lg for ax in fig.axes for lg in ax.get_children() if isinstance(lg, Legend))]
+    assert legends
+    data_axes = [ax for ax in fig.axes if ax.axison and (ax.lines or ax.patches or ax.images)]
+    for legend in legends:
+        box = legend.get_window_extent(renderer).padded(-1)
+        for ax in data_axes:
+            assert not box.overlaps(ax.bbox), f"{name}: a legend covers the axes titled {ax.get_title()!r}"
+
+
+def test_heatmap_panels_follow_their_rows(tmp_path, add_run):
+    """A method with three training attacks gets a panel three rows high, one with one a panel one row high (not
+    stretched to its neighbour's height): every panel's cells are the same size."""
+    store = Store(tmp_path)
+    flags = {"natural": [True, True, False, True], "pgd20": [True, False, False, True]}
+    for method, attack in (("lrat", "pgd"), ("lrat", "cw"), ("lrat", "pgd+cw"), ("gairat", "pgd")):
+        add_run(store, method, attack, 0, flags)
+    chosen, pool = select(load_frame(tmp_path), Selection())
+    (s,) = build_settings(store, chosen, pool, Selection())
+    fig = plots.heatmap_figure(cell_stats(s))
+    fig.canvas.draw()
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.images and ax.get_title()}
+    rows = {title: ax.images[0].get_array().shape[0] for title, ax in panels.items()}
+    assert rows == {"GAIRAT": 1, "LRAT": 3}
+    cell_h = [ax.get_window_extent().height / rows[t] for t, ax in panels.items()]
+    cell_w = [ax.get_window_extent().width / 3 for ax in panels.values()]  # natural, pgd20, worst
+    assert max(cell_h) / min(cell_h) == pytest.approx(1.0, abs=0.05)
+    assert max(cell_w) / min(cell_w) == pytest.approx(1.0, abs=0.05)
+    short, tall = panels["GAIRAT"].get_window_extent(), panels["LRAT"].get_window_extent()
+    assert short.x1 < tall.x0 and abs(short.y1 - tall.y1) < 2  # side by side, the one-row panel top-aligned
+
+
+def test_saved_figures_are_byte_identical_and_undated(tables, tmp_path):
+    """plots.save writes no creation date: the same figure gives the same PDF and PNG bytes."""
+    cells, _ = tables
+    first = plots.save(plots.heatmap_figure(cells), tmp_path / "a")
+    second = plots.save(plots.heatmap_figure(cells), tmp_path / "b")
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes()
+    assert b"CreationDate" not in first[0].read_bytes()
+
+
+def test_training_history_takes_each_run_once(tmp_path, add_run):
+    """A run evaluated on two point sets (two settings) is drawn once; runs of two models sharing a label are
+    told apart by the model."""
+    store = Store(tmp_path / "a")
+    add_run(store, "at", "pgd", 0, {"natural": [True] * 4, "pgd20": [True, False] * 2})
+    add_run(store, "at", "pgd", 0, {"natural": [True] * 2, "pgd20": [True, False]})
+    chosen, pool = select(load_frame(tmp_path / "a"), Selection())
+    settings = build_settings(store, chosen, pool, Selection())
+    assert len(settings) == 2
+    hist = plots.training_history(settings)
+    assert len(hist) == 3 and hist["variant"].unique().tolist() == ["AT (PGD)"]  # 3 epochs, once
+    store = Store(tmp_path / "b")
+    for model in ("small-cnn", "resnet18"):
+        add_run(store, "at", "pgd", 0, {"natural": [True, True], "pgd20": [True, False]}, model=model)
+    chosen, pool = select(load_frame(tmp_path / "b"), Selection())
+    hist = plots.training_history(build_settings(store, chosen, pool, Selection()))
+    assert sorted(hist["variant"].unique()) == ["AT (PGD), synthetic, resnet18", "AT (PGD), synthetic, small-cnn"]

@@ -40,7 +40,7 @@ def test_three_seed_store_reports_seed_level_columns_and_a_verdict(tmp_path, add
     per_seed = [float(x) for x in row["unseen_worst_per_seed"].split(";")]
     expected = [-100 * np.mean((u >= 0.36) & (u < 0.48)) for u in (np.random.default_rng(s).random(N) for s in (0, 1, 2))]
     assert per_seed == pytest.approx(expected, abs=0.005)  # each seed's own gap, in seed order
-    assert row["unseen_worst_gap"] == pytest.approx(np.mean(expected))
+    assert row["unseen_worst_gap"] == pytest.approx(np.mean(expected), abs=0.005)  # the CSV rounds to 0.01
     assert row["unseen_worst_seeds_lower"] == 3 and row["unseen_worst_seed_p"] < 0.05
     assert row["seen_per_seed"] == "0.00;0.00;0.00" and row["seen_seed_p"] == 1.0
     summary = (out / "summary.md").read_text()
@@ -68,9 +68,10 @@ def test_seed_columns_equal_seed_gap_on_the_flags(tmp_path, add_run):
     write_report(tmp_path / "r", out, Selection(compile_pdf=False))
     row = pd.read_csv(out / "gap_table.csv").iloc[0]
     expected = seed_gap([flags[("gairat", s)] for s in (0, 1, 2)], [flags[("at", s)] for s in (0, 1, 2)])
-    assert row["seen_seed_p"] == pytest.approx(expected.p, rel=1e-9)
-    assert row["seen_seed_low"] == pytest.approx(expected.low) and row["seen_seed_high"] == pytest.approx(expected.high)
-    assert row["seen_gap"] == pytest.approx(np.mean(expected.per_seed))
+    assert row["seen_seed_p"] == pytest.approx(expected.p, rel=5e-3)  # the CSV keeps 3 significant digits
+    assert row["seen_seed_low"] == pytest.approx(expected.low, abs=0.005)  # and points to 0.01
+    assert row["seen_seed_high"] == pytest.approx(expected.high, abs=0.005)
+    assert row["seen_gap"] == pytest.approx(np.mean(expected.per_seed), abs=0.005)
 
 
 def test_one_seed_gets_no_verdict(tmp_path, add_run):

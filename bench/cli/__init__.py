@@ -24,6 +24,7 @@ from bench.cli.speed import speed as speed_command
 from bench.cli.status import status as status_command
 from bench.config.names import UsageError
 from bench.plugins import load_plugins
+from bench.verbosity import log_level, set_quiet
 
 __all__ = ["DEFAULT_REPORTS", "DEFAULT_RESULTS", "main", "usage_errors"]
 
@@ -55,7 +56,9 @@ DISTRIBUTION = "lrat-bench"  # pyproject.toml's [project] name: `bench --version
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors: no progress, no list of files written, no summary (queries such as "
+                   "ls, status, --dry-run, speed's table and --json documents still print what they are asked for).")
 @click.version_option(package_name=DISTRIBUTION, prog_name="bench",
                       help="Print the installed lrat-bench version and exit.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -69,7 +72,9 @@ def main(quiet: bool, plugins: tuple[str, ...]) -> None:
       bench run --methods at,irat,lrat --train-attack pgd
       bench report
     """
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    set_quiet(quiet)  # before anything logs: workers started from here read it too
+    logging.basicConfig(level=log_level(), format="%(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(log_level())  # basicConfig configures once per process; -q holds for every call
     try:
         load_plugins(plugins)
     except UsageError as exc:

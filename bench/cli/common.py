@@ -98,8 +98,9 @@ def device_option(fn):
 
 
 def threat_model_option(help: str | None = None):
-    return click.option("--threat-model", type=click.Choice(["linf", "l2"]), default=RUN_DEFAULTS["threat_model"],
-                        show_default=True, help=help)
+    # case-insensitive: RobustBench writes Linf and L2 (its folders, --robustbench); the value is linf or l2
+    return click.option("--threat-model", type=click.Choice(["linf", "l2"], case_sensitive=False),
+                        default=RUN_DEFAULTS["threat_model"], show_default=True, help=help)
 
 
 def eval_batch_size_option(help: str | None = None):
@@ -119,6 +120,15 @@ def json_option(what: str):
     """--json: `what` as one JSON document on stdout instead of the text (shapes: docs/cli.md, "JSON output")."""
     return click.option("--json", "as_json", is_flag=True,
                         help=f"Print {what} as one JSON document on stdout (shape: docs/cli.md); logs go to stderr.")
+
+
+def say(message: str = "", err: bool = False) -> None:
+    """A line of progress, a file written or a summary: silenced by the group's -q (bench/verbosity.py), which
+    warnings and errors are not (they go through click.echo(..., err=True) or exceptions)."""
+    from bench.verbosity import is_quiet
+
+    if not is_quiet():
+        click.echo(message, err=err)
 
 
 def echo_json(document: Any) -> None:

@@ -11,7 +11,8 @@ from collections import Counter
 import click
 
 from bench.cli.common import (data_dir_option, device_option, eval_attacks_option, eval_batch_size_option,
-                              eval_precision_option, given_params, results_option, threat_model_option, usage_errors)
+                              eval_precision_option, given_params, results_option, say, threat_model_option,
+                              usage_errors)
 from bench.config.catalog import DEFAULTS, EXTERNAL, is_external
 from bench.config.names import UsageError, split_list
 
@@ -100,14 +101,23 @@ def _external_name(store, run_id: str) -> str | None:
 @click.option("--weights", default=None, metavar="FILE",
               help="--model-file: a state dict (torch.save(model.state_dict(), FILE)) loaded into the model, "
                    "weights-only.")
-@click.option("--name", default=None, help="--model-file: the model's name in the store and the report (lowercase "
-                                           "letters, digits, '.', '_', '-').")
-@click.option("--dataset", default=None, help="--model-file: the dataset whose test points it is evaluated on.")
+@click.option("--robustbench", "zoo_name", default=None, metavar="NAME",
+              help="Evaluate RobustBench's zoo model NAME (e.g. Wong2020Fast) from its checkpoint in --model-dir, "
+                   "through robustbench.utils.load_model, never downloading it (a missing file is refused, naming "
+                   "the path). Needs --model-dir and --dataset (cifar10, cifar100); --threat-model picks the zoo's "
+                   "Linf or L2 entry; stored like --model-file, under --name (default: NAME in lowercase).")
+@click.option("--model-dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="--robustbench: RobustBench's model folder, holding DATASET/Linf/NAME.pt (or L2).")
+@click.option("--name", default=None, help="--model-file, --robustbench: the model's name in the store and the "
+                                           "report (lowercase letters, digits, '.', '_', '-').")
+@click.option("--dataset", default=None, help="--model-file, --robustbench: the dataset whose test points it is "
+                                              "evaluated on.")
 @data_dir_option
 @device_option
 @usage_errors
 def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset, checkpoint, eval_batch_size,
-                 eval_precision, seed, workers, model_file, weights, name, dataset, data_dir, device):
+                 eval_precision, seed, workers, model_file, weights, zoo_name, model_dir, name, dataset, data_dir,
+                 device):
     """Evaluate stored runs (the named ones, or every finished run) without retraining: new rows join the
     store, stored ones are reused, the per-example worst row and the guards are recomputed. An interrupted
     AutoAttack resumes from its state file. Rows record their checkpoint file's SHA-256 and are reused only on
@@ -120,26 +130,41 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
       bench eval --results results --eval-attacks fgsm,apgd-ce,apgd-t,fab-t,square
       bench eval 3f2a9c1b --eval-attacks natural,aa --threat-model l2 --eps 1.5
       bench eval --model-file mynet.py:build --weights mynet.pt --name mynet --dataset cifar10 --eval-attacks natural,aa
+      bench eval --robustbench Wong2020Fast --model-dir models --dataset cifar10 --threat-model Linf
     """
-    from bench.config import EvalConfig, parse_checkpoint, parse_eps
-    from bench.config.limits import MAX_SEED
     from bench.config.preflight import check_writable_dir
-    from bench.data import DATASETS
-    from bench.evaluation.attacks import EVAL_ATTACKS
-    from bench.evaluation.guards import check_eps
-    from bench.config.names import lookup
-    from bench.store import Store, StoreError
+    from bench.store import Store
 
     given = given_params(click.get_current_context())
-    if model_file is not None:
-        _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, results, eval_attacks, eps,
-                             threat_model, test_subset, checkpoint, eval_batch_size, eval_precision, seed, data_dir,
-                             device)
+    settings = {"eval_attacks": eval_attacks, "threat_model": threat_model, "test_subset": test_subset,
+                "eval_batch_size": eval_batch_size, "eval_precision": eval_precision, "seed": seed}
+    if model_file is not None or zoo_name is not None:
+        source = {"model_file": model_file, "weights": weights, "zoo_name": zoo_name, "model_dir": model_dir}
+        _evaluate_external(run_ids, given, source, name, dataset, eps, checkpoint, settings, results, data_dir,
+                           device)
         return
-    for flag in ("weights", "name", "dataset"):
+    for flag in ("weights", "model_dir", "name", "dataset"):
         if flag in given:
-            raise UsageError(f"--{flag} goes with --model-file (a model from outside the store); stored runs know "
-                             f"their dataset and name.")
+            raise UsageError(f"--{flag.replace('_', '-')} goes with --model-file or --robustbench (a model from "
+                             f"outside the store); stored runs know their dataset and name.")
+    suite, ckpts, budgets = _checked_settings(eval_attacks, checkpoint, eps, threat_model, test_subset,
+                                              eval_batch_size, seed)
+    if not Path(results, "runs").is_dir():
+        raise UsageError(f"No results store at {results} (no {results}/runs).")
+    check_writable_dir(results, "Results directory")  # rows, AutoAttack states and locks are written there
+    store = Store(results)
+    runs = _resolve_runs(store, run_ids, ckpts)
+    jobs, damaged = _jobs(store, runs, suite, ckpts, budgets, settings)
+    _evaluate(store, jobs, data_dir, device, damaged, workers)
+
+
+def _checked_settings(eval_attacks, checkpoint, eps, threat_model, test_subset, eval_batch_size, seed):
+    """(attacks, checkpoints, budgets) of an evaluation of stored runs, every flag checked (UsageError)."""
+    from bench.config import parse_checkpoint, parse_eps
+    from bench.config.limits import MAX_SEED
+    from bench.config.names import lookup
+    from bench.evaluation.attacks import EVAL_ATTACKS
+
     suite = tuple(dict.fromkeys(lookup("eval attack", a, EVAL_ATTACKS) and a.strip().lower()
                                 for a in split_list(eval_attacks)))
     if not suite:
@@ -151,13 +176,19 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             raise UsageError(f"--{flag} must be >= 1, got {value}.")
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must lie in [0, 2^32 - 1 = {MAX_SEED}], got {seed}.")
-    if not Path(results, "runs").is_dir():
-        raise UsageError(f"No results store at {results} (no {results}/runs).")
-    check_writable_dir(results, "Results directory")  # rows, AutoAttack states and locks are written there
-    store = Store(results)
-    runs = _resolve_runs(store, run_ids, ckpts)
-    jobs = []  # (run_id, config, EvalConfig), all checked before any work
-    damaged: list[tuple[str, str]] = []  # (run_id, why): reported at the end, exit 1; the other runs go on
+    return suite, ckpts, budgets
+
+
+def _jobs(store, runs: list[str], suite, ckpts, budgets, settings: dict) -> tuple[list, list[tuple[str, str]]]:
+    """(jobs, damaged): one (run_id, config, EvalConfig) per run and budget, all checked before any work; the
+    runs whose config is damaged, (run_id, why), reported at the end (exit 1) while the others go on."""
+    from bench.config import EvalConfig
+    from bench.data import DATASETS
+    from bench.evaluation.guards import check_eps
+    from bench.store import StoreError
+
+    jobs, damaged = [], []
+    threat_model, test_subset = settings["threat_model"], settings["test_subset"]
     for run_id in runs:
         try:
             config = store.config(run_id)
@@ -167,7 +198,7 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
             continue
         if is_external(config["train"]):  # only unnamed runs get here: a named one was refused
             click.echo(f"  skipped {run_id}: external model '{config['train']['method']}' (evaluate its module with "
-                       f"--model-file or bench.api.evaluate)", err=True)
+                       f"--model-file, --robustbench or bench.api.evaluate)", err=True)
             continue
         info = DATASETS[config["train"]["dataset"]]
         if test_subset is not None and test_subset > info.n_test:  # as `bench run`: refused, not cut silently
@@ -182,41 +213,65 @@ def eval_command(run_ids, results, eval_attacks, eps, threat_model, test_subset,
                     raise UsageError(f"--eps on {info.name} ({info.in_channels} x {info.image_size} x "
                                      f"{info.image_size} inputs): {exc}") from None
             jobs.append((run_id, config, EvalConfig(attacks=suite, eps=b, threat_model=threat_model, test_subset=n,
-                                                    batch_size=eval_batch_size, seed=seed, checkpoints=ckpts,
-                                                    precision=eval_precision)))
-    _evaluate(store, jobs, data_dir, device, damaged, workers)
+                                                    batch_size=settings["eval_batch_size"], seed=settings["seed"],
+                                                    checkpoints=ckpts, precision=settings["eval_precision"])))
+    return jobs, damaged
 
 
-def _evaluate_model_file(run_ids, given, model_file, weights, name, dataset, results, eval_attacks, eps, threat_model,
-                         test_subset, checkpoint, eval_batch_size, eval_precision, seed, data_dir, device) -> None:
-    """`bench eval --model-file`: the module FACTORY() builds (with --weights loaded), through bench.api.evaluate
-    once per budget. Every argument is checked before the file is imported; nothing is written on bad input."""
+def _external_args(run_ids, given, source: dict, name: str | None, dataset: str | None) -> str:
+    """Refuse flags that do not go with --model-file / --robustbench; the model's name in the store."""
+    flag = "--model-file" if source["model_file"] is not None else "--robustbench"
+    if source["model_file"] is not None and source["zoo_name"] is not None:
+        raise UsageError("--model-file and --robustbench each name the model to evaluate: give one of them.")
+    if run_ids:
+        raise UsageError(f"{flag} evaluates one model from outside the store: leave out the run ids "
+                         f"({' '.join(run_ids)}).")
+    if "workers" in given:
+        raise UsageError(f"--workers is for stored runs; {flag} evaluates one model.")
+    wrong = ("model_dir" if flag == "--model-file" else "weights")
+    if wrong in given:
+        raise UsageError(f"--{wrong.replace('_', '-')} does not go with {flag} (--weights: --model-file's state "
+                         f"dict; --model-dir: --robustbench's checkpoint folder).")
+    name = name if name is not None or source["zoo_name"] is None else source["zoo_name"].lower()
+    needs = [("name", name), ("dataset", dataset)] + ([("model-dir", source["model_dir"])]
+                                                     if flag == "--robustbench" else [])
+    missing = [f"--{f}" for f, v in needs if v is None]
+    if missing:
+        raise UsageError(f"{flag} needs {' and '.join(missing)} (the model's name in the store; the dataset it is "
+                         f"evaluated on; RobustBench's model folder).")
+    return name
+
+
+def _evaluate_external(run_ids, given, source: dict, name, dataset, eps, checkpoint, settings: dict, results,
+                       data_dir, device) -> None:
+    """`bench eval --model-file` (the module FACTORY() builds, --weights loaded) or `--robustbench` (the zoo
+    model from its local checkpoint), through bench.api.evaluate once per budget. Every argument is checked
+    before the model is loaded; nothing is written on bad input."""
     from bench import api
     from bench.config import parse_eps
     from bench.evaluation import external
     from bench.evaluation.guards import GuardFailure
 
-    if run_ids:
-        raise UsageError(f"--model-file evaluates one model from a file: leave out the run ids ({' '.join(run_ids)}).")
-    if "workers" in given:
-        raise UsageError("--workers is for stored runs; --model-file evaluates one model.")
-    missing = [f"--{f}" for f, v in (("name", name), ("dataset", dataset)) if v is None]
-    if missing:
-        raise UsageError(f"--model-file needs {' and '.join(missing)} (the model's name in the store; the dataset "
-                         f"it is evaluated on).")
+    name = _external_args(run_ids, given, source, name, dataset)
     label = checkpoint if "checkpoint" in given else EXTERNAL
-    budgets = [parse_eps(e, threat_model) for e in split_list(eps)] if eps is not None else [None]
-    common = {"name": name, "dataset": dataset, "eval_attacks": eval_attacks, "threat_model": threat_model,
-              "test_subset": test_subset, "checkpoint": label, "eval_batch_size": eval_batch_size,
-              "eval_precision": eval_precision, "seed": seed}
+    budgets = [parse_eps(e, settings["threat_model"]) for e in split_list(eps)] if eps is not None else [None]
+    common = {"name": name, "dataset": dataset, "checkpoint": label, **settings}
     for b in budgets:
         external.check_evaluation(eps=b, **common)
-    model = external.load_model_file(model_file, weights)
-    source = f"bench eval --model-file {model_file}" + (f" --weights {weights}" if weights else "")
+    if source["model_file"] is not None:
+        model = external.load_model_file(source["model_file"], source["weights"])
+        origin = f"bench eval --model-file {source['model_file']}" + (
+            f" --weights {source['weights']}" if source["weights"] else "")
+    else:
+        from bench.evaluation.robustbench_zoo import zoo_threat_model
+
+        model = api.robustbench_model(source["zoo_name"], source["model_dir"], dataset, settings["threat_model"])
+        origin = (f"robustbench.utils.load_model('{source['zoo_name']}', model_dir='{source['model_dir']}', "
+                  f"dataset='{dataset}', threat_model='{zoo_threat_model(settings['threat_model'])}')")
     rows = []
     try:
         for b in budgets:
-            frame = api.evaluate(model, eps=b, results=results, device=device, data_dir=data_dir, source=source,
+            frame = api.evaluate(model, eps=b, results=results, device=device, data_dir=data_dir, source=origin,
                                  **common)
             rows += frame.drop(columns="flags").to_dict("records")
     except (GuardFailure, RuntimeError) as exc:
@@ -234,19 +289,19 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
     from bench.evaluation.evaluate import evaluate_run, resolve_eval_eps
     from bench.evaluation.guards import GuardFailure
     from bench.provenance import resolve_device
-    from bench.store import Store, StoreError
+    from bench.store import DONE, Store, StoreError, read_json
 
     store, t = Store(results), config["train"]
     label = f"{t['method']}/{t['train_attack']} seed {t['seed']} [{run_id}]"
     test = load_keyed((t["dataset"], t["val_size"], t["train_subset"], ecfg.test_subset), data_dir, _BUNDLES).test
     eps = resolve_eval_eps(t["dataset"], t["eps"], ecfg)
-    click.echo(f"run {index}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
-               f"{len(test)} points", err=True)
+    say(f"run {index}: {label}: {','.join(ecfg.checkpoints)}, {ecfg.threat_model} eps {eps:.6g}, "
+        f"{len(test)} points", err=True)
 
     def progress(ckpt, attack, row):
         flagged = f" FLAGGED {row['guards_flagged']}" if row.get("guards_flagged") else ""
-        click.echo(f"  {run_id} {ckpt}/{attack}: {row['accuracy']:.4f} on {row['n_eval']} points "
-                   f"({row['eval_seconds']:.1f}s){flagged}", err=True)
+        say(f"  {run_id} {ckpt}/{attack}: {row['accuracy']:.4f} on {row['n_eval']} points "
+            f"({row['eval_seconds']:.1f}s){flagged}", err=True)
 
     lock = FileLock(store.lock_path(run_id))  # the runner's per-cell lock: one writer per run
     store.lock_path(run_id).parent.mkdir(parents=True, exist_ok=True)
@@ -256,13 +311,16 @@ def _evaluate_job(results: str, run_id: str, config: dict, ecfg, data_dir, devic
         click.echo(f"  BUSY {label}: another process holds its lock; left alone", err=True)
         return "busy", "another process holds its lock"
     try:
-        return "done", evaluate_run(store, run_id, ecfg, test, resolve_device(device), progress)
+        rows = evaluate_run(store, run_id, ecfg, test, resolve_device(device), progress)
+        if store.has(run_id, DONE):  # DONE records the files the run now has: a later deletion reads as missing
+            store.mark(run_id, DONE, read_json(store.run_dir(run_id) / DONE))
+        return "done", rows
     except GuardFailure as exc:
         click.echo(f"  REFUSED {label}: {exc}", err=True)
         return "refused", str(exc)
     except StoreError as exc:  # a damaged or refused stored file: this run only, named at the end
         click.echo(f"  DAMAGED {label}: {exc}", err=True)
-        return "damaged", str(exc)
+        return ("unsafe" if exc.kind == "unsafe" else "damaged"), str(exc)
     finally:
         lock.release()
 
@@ -285,7 +343,7 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
             outcomes = list(pool.map(_evaluate_job, *zip(*args)))
     else:
         outcomes = [_evaluate_job(*a) for a in args]
-    refused, busy, summary = [], [], []
+    refused, busy, summary, unsafe = [], [], [], []
     for (run_id, _, ecfg), (status, value) in zip(jobs, outcomes):
         if status == "done":
             summary += [r for r in value if r["eval_attack"] in ecfg.attacks + ("worst",)]
@@ -295,6 +353,7 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
             busy.append(run_id)
         else:
             damaged.append((run_id, value))
+            unsafe += [run_id] if status == "unsafe" else []
     _print_summary(summary)
     for run_id, why in dict.fromkeys(damaged):
         click.echo(f"damaged: run {run_id}: {why}", err=True)
@@ -302,9 +361,19 @@ def _evaluate(store, jobs, data_dir, device, damaged: list[tuple[str, str]] | No
         n_damaged = len(dict.fromkeys(r for r, _ in damaged))
         click.echo(f"{len(refused)} run(s) refused by a guard{': ' + ', '.join(refused) if refused else ''}; "
                    f"{len(busy)} busy elsewhere{': ' + ', '.join(busy) if busy else ''}; "
-                   f"{n_damaged} with a damaged store file (`bench status` shows it; `bench run` repairs it)",
+                   f"{n_damaged} with a damaged store file ({_damage_advice(n_damaged, len(set(unsafe)))})",
                    err=True)
         sys.exit(1)
+
+
+def _damage_advice(n_damaged: int, n_unsafe: int) -> str:
+    """What to do about the damaged runs, true for each: `bench run` repairs damaged files, never a refused one
+    (a planted pickle: it fails the cell, naming the file)."""
+    unsafe = ("a refused file is never loaded nor repaired: if you did not put it there, delete it and `bench run` "
+              "trains the cell again")
+    if n_unsafe and n_unsafe == n_damaged:
+        return f"`bench status` shows it; {unsafe}"
+    return "`bench status` shows it; `bench run` repairs it" + (f", not a refused one: {unsafe}" if n_unsafe else "")
 
 
 def _print_summary(rows: list[dict]) -> None:
@@ -318,4 +387,4 @@ def _print_summary(rows: list[dict]) -> None:
     for key, line in cells.items():
         run_id, ckpt, tm, eps, n = key
         flags = f"  guards flagged: {','.join(sorted(flagged[key]))}" if flagged[key] else ""
-        click.echo(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(line)}{flags}")
+        say(f"{run_id} {ckpt} {tm} eps {eps:.6g} n {n}: {', '.join(line)}{flags}")

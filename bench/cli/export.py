@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli.common import results_option, threat_model_option, usage_errors
+from bench.cli.common import results_option, say, threat_model_option, usage_errors
 from bench.config.names import UsageError
 
 
@@ -25,8 +25,11 @@ from bench.config.names import UsageError
 def export_command(run_id, results, out, checkpoint, threat_model, eps, name, link, venue):
     """Export a run for RobustBench: its state dict, the file RobustBench curates for a model
     (model_info/<dataset>/<Linf|L2>/<name>.json: its keys in its order, eps as "8/255", accuracies in percent,
-    from the stored natural and aa rows), provenance.json (the run's record and checksum) and a README
-    showing how to load and re-check it; the README is also printed.
+    from the stored natural and aa rows, each from the largest point set on which it ran; "unreliable" true when
+    AutoAttack ran on part of the test set or on other points than the clean accuracy), provenance.json (the
+    run's record, the points behind each accuracy, the checksum) and a README showing how to load and re-check
+    it; the README is also printed. Refused, with nothing written: a run that is unfinished or failed (exit 2),
+    stale or damaged (exit 1, named as `bench status` names it), and an --out inside the results store.
 
     \b
     Example:
@@ -37,20 +40,25 @@ def export_command(run_id, results, out, checkpoint, threat_model, eps, name, li
 
     from bench.config import parse_checkpoint, parse_eps
     from bench.config.preflight import check_writable_dir
-    from bench.export import check_name, export_run
+    from bench.export import check_name, check_out, export_run
     from bench.store import Store, resolve_run_id
+    from bench.store_integrity import RunsRefused
 
     if name is not None:
         check_name(name)  # before anything is read or written
     if not Path(results, "runs").is_dir():
         raise UsageError(f"No results store at {results} (no {results}/runs).")
-    check_writable_dir(out, "--out")  # before the run is read: an existing file, a read-only folder
     store = Store(results)
+    check_out(store, out)  # before the probe below writes a file there
+    check_writable_dir(out, "--out")  # before the run is read: an existing file, a read-only folder
     run = resolve_run_id(store, run_id)
     if not (store.run_dir(run) / "config.json").is_file():  # a folder under runs/ that no run wrote
         raise UsageError(f"{store.run_dir(run)} is not a run (it has no config.json): nothing to export.")
-    written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
-                         parse_eps(eps, threat_model) if eps else None, name=name, link=link, venue=venue)
+    try:
+        written = export_run(store, run, out, parse_checkpoint(checkpoint), threat_model,
+                             parse_eps(eps, threat_model) if eps else None, name=name, link=link, venue=venue)
+    except RunsRefused as exc:  # stale or damaged: named, with what repairs it (exit 1)
+        raise click.ClickException(str(exc)) from None
     for kind, path in written.items():
-        click.echo(f"{kind:>10}: {path}", err=True)
-    click.echo(written["readme"].read_text())
+        say(f"{kind:>10}: {path}", err=True)  # -q: nothing (the README is among the files written)
+    say(written["readme"].read_text())

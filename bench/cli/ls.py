@@ -1,8 +1,9 @@
 """`bench ls`: every method, training attack, evaluation attack, dataset and model, one line each, and `bench ls
 METHOD`: one method's parameters (default, source, valid values) and the training attacks it takes. From the
-registries themselves (so it imports them: torch); the methods' parameter specs are their catalog entries
-(bench/config/catalog.py, through `Method.entry()`). `--json` prints the same entries as one document, whose
-shape docs/cli.md describes; the text is rendered from that document, so the two never disagree."""
+catalog (bench/config/catalog.py), which the built-in registries read and plugins register into
+(bench/plugins.py), so it never imports torch (a plugin whose module imports torch costs that import). `--json`
+prints the same entries as one document, whose shape docs/cli.md describes; the text is rendered from that
+document, so the two never disagree."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,9 @@ from typing import Any
 import click
 
 from bench.cli.common import echo_json, json_option, usage_errors
-from bench.config.names import UsageError, lookup
+from bench.config import catalog
+from bench.config.method_params import canonical_method
+from bench.config.names import UsageError
 from bench.plugins import source
 
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -22,18 +25,14 @@ def _number(value):
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def method_json(cls) -> dict[str, Any]:
-    """One method: its catalog entry (label, attack rules, parameter specs), its registry summary and the
-    registry's aliases of it."""
-    from methods import METHODS
-
-    entry = cls.entry()
+def method_json(name: str) -> dict[str, Any]:
+    """One method (a canonical name): its catalog entry (label, summary, aliases, attack rules, parameter specs)."""
+    entry = catalog.METHODS[name]
     return {
-        "name": cls.name, "label": entry.label, "summary": cls.summary,
-        "aliases": [k for k, v in METHODS.items() if v is cls and k != cls.name],
-        "max_attacks": entry.max_attacks, "train_attacks": accepted_attacks(cls.name, entry),
+        "name": name, "label": entry.label, "summary": entry.summary, "aliases": list(entry.aliases),
+        "max_attacks": entry.max_attacks, "train_attacks": accepted_attacks(name, entry),
         "needs_kappa": entry.needs_kappa, "min_attack_steps": entry.min_attack_steps,
-        "min_attack_steps_why": entry.min_attack_steps_why, "source": source("methods", cls.name),
+        "min_attack_steps_why": entry.min_attack_steps_why, "source": source("methods", name),
         "parameters": [{"name": name, "type": _TYPES.get(type(p.default), type(p.default).__name__),
                         "default": _number(p.default), "source": p.source, "choices": list(p.choices),
                         "low": _number(p.low), "high": _number(p.high), "allow_inf": p.allow_inf}
@@ -44,7 +43,6 @@ def method_json(cls) -> dict[str, Any]:
 def accepted_attacks(name: str, entry) -> list[str]:
     """The training attacks the method takes (each alone), by the rule `bench run` applies
     (check_method_attacks: its own attacks only, kappa, ...)."""
-    from bench.attacks.training import TRAIN_ATTACKS
     from bench.config.method_params import check_method_attacks
 
     def ok(attack: str) -> bool:
@@ -54,28 +52,22 @@ def accepted_attacks(name: str, entry) -> list[str]:
             return False
         return True
 
-    return [a for a in TRAIN_ATTACKS if ok(a)]
+    return [a for a in catalog.TRAIN_ATTACKS if ok(a)]
 
 
 def registries_json() -> dict[str, Any]:
-    """Every registry, in its display order (`bench ls --json`)."""
-    from bench.attacks.training import TRAIN_ATTACKS
-    from bench.config.catalog import MODELS as MODEL_ENTRIES
-    from bench.data import DATASETS
-    from bench.evaluation.attacks import EVAL_ATTACKS
-    from methods import METHODS
-
+    """Every catalog entry (built-in and plugin), in its display order (`bench ls --json`)."""
     doc = {
-        "methods": [method_json(cls) for key, cls in METHODS.items() if key == cls.name],  # aliases: in "aliases"
-        "train_attacks": [{"name": k, "label": v.entry.label, "summary": v.summary, "has_kappa": v.has_kappa}
-                          for k, v in TRAIN_ATTACKS.items()],
-        "eval_attacks": [{"name": k, "label": v.entry.label, "summary": v.summary, "strength": v.strength,
-                          "autoattack": v.entry.autoattack} for k, v in EVAL_ATTACKS.items()],
+        "methods": [method_json(name) for name in catalog.METHODS],  # aliases: in "aliases"
+        "train_attacks": [{"name": k, "label": v.label, "summary": v.summary, "has_kappa": v.has_kappa}
+                          for k, v in catalog.TRAIN_ATTACKS.items()],
+        "eval_attacks": [{"name": k, "label": v.label, "summary": v.summary, "strength": v.strength,
+                          "autoattack": v.autoattack} for k, v in catalog.EVAL_ATTACKS.items()],
         "datasets": [{"name": k, "label": v.label, "summary": v.summary, "num_classes": v.num_classes,
                       "in_channels": v.in_channels, "image_size": v.image_size, "n_train": v.n_train,
                       "n_test": v.n_test, "eps_linf": v.eps_linf, "eps_l2": v.eps_l2, "default_model": v.default_model}
-                     for k, v in DATASETS.items()],
-        "models": [{"name": k, "label": v.label, "summary": v.summary, "lr": v.lr} for k, v in MODEL_ENTRIES.items()],
+                     for k, v in catalog.DATASETS.items()],
+        "models": [{"name": k, "label": v.label, "summary": v.summary, "lr": v.lr} for k, v in catalog.MODELS.items()],
     }
     for kind, entries in doc.items():  # 'built-in', or the plugin it came from (bench/plugins.py)
         for e in entries:
@@ -155,15 +147,13 @@ def list_components(method: str | None, as_json: bool):
       bench ls lrat
       bench ls irat --json
     """
-    from methods import METHODS
-
     if method is not None:
         try:
-            cls = lookup("method", method, METHODS)
+            name = canonical_method(method)
         except UsageError:
             _not_a_method(method)
             raise
-        entry = method_json(cls)
+        entry = method_json(name)
         if as_json:
             echo_json(entry)
             return
@@ -174,7 +164,14 @@ def list_components(method: str | None, as_json: bool):
     if as_json:
         echo_json(doc)
         return
+    for line in listing_lines(doc):
+        click.echo(line)
+
+
+def listing_lines(doc: dict[str, Any]) -> list[str]:
+    """`bench ls`'s text, from registries_json's document: a section per kind, one line per entry."""
     aliases = [(a, m["name"]) for m in doc["methods"] for a in m["aliases"]]
+
     def shown(e: dict) -> tuple[str, str]:
         return e["name"], e["summary"] + ("" if e["source"] == "built-in" else f"  [{e['source']}]")
 
@@ -185,7 +182,8 @@ def list_components(method: str | None, as_json: bool):
         "datasets": [shown(e) for e in doc["datasets"]],
         "models": [shown(e) for e in doc["models"]],
     }
+    lines = []
     for title, entries in sections.items():
-        click.echo(f"{title}:")
-        for name, summary in entries:
-            click.echo(f"  {name:<16} {summary}")
+        lines.append(f"{title}:")
+        lines += [f"  {name:<16} {summary}" for name, summary in entries]
+    return lines

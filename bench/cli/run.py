@@ -8,7 +8,7 @@ import click
 
 from bench.cli.common import (RUN_DEFAULTS, data_dir_option, device_option, echo_json, eval_attacks_option,
                               eval_batch_size_option, eval_precision_option, given_params, json_option,
-                              results_option, threat_model_option, usage_errors)
+                              results_option, say, threat_model_option, usage_errors)
 from bench.config.catalog import MODELS
 from bench.config.names import UsageError
 
@@ -98,11 +98,11 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
       bench run --config experiments/smoke.toml --dry-run --json > plan.json
       bench run --config experiments/smoke.toml --seeds 0,1,2 --executor ray --gpus-per-cell 0.5
     """
-    from bench.config.preflight import check_results_dir, load_matrix_data
-    from bench.config.matrix_file import load_matrix_file
-    from bench.config.matrix_estimate import load_speed_json
-    from bench.config.matrix_merge import merge
     from bench.config.matrix_cells import resolve
+    from bench.config.matrix_estimate import load_speed_json
+    from bench.config.matrix_file import load_matrix_file
+    from bench.config.matrix_merge import merge
+    from bench.store import Store
 
     given = given_params(click.get_current_context())
     if as_json and not dry_run:
@@ -110,46 +110,62 @@ def run(config, results, data_dir, device, channels_last, compile_model, force, 
                          "--json`).")
     file_values = load_matrix_file(config) if config else {}
     cells = resolve(merge(RUN_DEFAULTS, file_values, {k: v for k, v in matrix_flags.items() if k in given}))
+    _check_executor_flags(executor, given, {"gpus-per-cell": gpus_per_cell, "cpus-per-cell": cpus_per_cell,
+                                            "max-retries": max_retries})
+    if dry_run:  # reads no dataset and writes nothing: the sizes come from the datasets' definitions
+        _print_plan(Store(results), cells, grad_steps_per_s, load_speed_json(speed_json) if speed_json else None,
+                    as_json)
+        return
+    executor_options = {"kind": executor, "workers": workers, "ray_address": ray_address,
+                        "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell, "max_retries": max_retries,
+                        "channels_last": channels_last, "compile": compile_model}
+    sys.exit(_execute(cells, results, data_dir, device, force, executor_options))
+
+
+def _check_executor_flags(executor: str, given: set[str], ray_numbers: dict[str, float | None]) -> None:
+    """Refuse flags of the other executor, and negative Ray resources, before anything is written."""
     if executor == "local" and {"ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries"} & given:
         raise UsageError("--ray-address, --gpus-per-cell, --cpus-per-cell and --max-retries need --executor ray.")
     if executor == "ray" and "workers" in given:
         raise UsageError("--workers is for --executor local; Ray sizes its workers with --cpus-per-cell.")
-    for name, value in (("gpus-per-cell", gpus_per_cell), ("cpus-per-cell", cpus_per_cell), ("max-retries", max_retries)):
+    for name, value in ray_numbers.items():
         if value is not None and value < 0:
             raise UsageError(f"--{name} must be >= 0, got {value}.")
-    if not dry_run:
-        check_results_dir(results)
-    if executor == "ray":
+
+
+def _execute(cells, results: str, data_dir, device: str, force: bool, options: dict) -> int:
+    """Run the cells on the chosen executor; the exit code: 1 when a cell failed, else 0. Torch from here on."""
+    from bench.config.preflight import check_results_dir
+
+    check_results_dir(results)
+    if options["kind"] == "ray":
         from bench.execution.executors import import_ray
         import_ray()
-    from bench.store import Store
-
-    store = Store(results)
-    if dry_run:  # reads no dataset: the sizes come from the datasets' definitions
-        _print_plan(store, cells, grad_steps_per_s, load_speed_json(speed_json) if speed_json else None, as_json)
-        return
     from bench.execution.executors import LocalExecutor, RayExecutor
-    from bench.provenance import resolve_device  # torch, from here on
+    from bench.execution.matrix_data import load_matrix_data
+    from bench.provenance import resolve_device
+    from bench.store import Store
     from bench.training.loop import RuntimeOptions
 
-    dev = resolve_device(device) if executor == "local" else None
-    data = load_matrix_data(cells, data_dir)
-
-    runtime = RuntimeOptions(channels_last=channels_last, compile=compile_model)
-    if executor == "ray":
-        ex = RayExecutor(store, device, data_dir, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
-                         gpus_per_cell, max_retries, runtime=runtime)
+    store = Store(results)
+    dev = resolve_device(device) if options["kind"] == "local" else None  # Ray resolves it on each worker
+    data = load_matrix_data(cells, data_dir)  # either executor: a missing dataset is refused before any cell
+    runtime = RuntimeOptions(channels_last=options["channels_last"], compile=options["compile"])
+    if options["kind"] == "ray":
+        cpus = 1.0 if options["cpus_per_cell"] is None else options["cpus_per_cell"]
+        ex = RayExecutor(store, device, data_dir, options["ray_address"], cpus, options["gpus_per_cell"],
+                         options["max_retries"], runtime=runtime)
     else:
-        ex = LocalExecutor(store, dev, data_dir, data, workers=workers, runtime=runtime)
+        ex = LocalExecutor(store, dev, data_dir, data, workers=options["workers"], runtime=runtime)
     outcomes = ex.run(cells, force=force)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
-    click.echo(f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
-               f"{counts['failed']} failed, {counts['busy']} running elsewhere. Results in {results}/", err=True)
+    say(f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, "
+        f"{counts['failed']} failed, {counts['busy']} running elsewhere. Results in {results}/", err=True)
     for o in outcomes:
         if o.status == "failed":
             click.echo(f"  FAILED {o.cell.label}: {o.reason}", err=True)
     _warn_other_code(store, [o.cell for o in outcomes if o.status == "skipped"])
-    sys.exit(1 if counts["failed"] else 0)
+    return 1 if counts["failed"] else 0
 
 
 def _warn_other_code(store, reused) -> None:
@@ -181,9 +197,9 @@ def _plan(store, cells, grad_steps_per_s, speed) -> tuple[list, dict]:
     left = [s.state not in ("finished", "running") for s in rows]
     work = [grad_steps(c, n_train, s.epochs_done) if todo else 0
             for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
-    hrs = [cell_hours(c, n_train, s.epochs_done, speed, grad_steps_per_s) if todo else 0.0
+    timed = speed is not None or bool(grad_steps_per_s)  # hours only from a measured throughput
+    hrs = [cell_hours(c, n_train, s.epochs_done, speed, grad_steps_per_s) if todo and timed else 0.0
            for c, (n_train, _), s, todo in zip(cells, sizes, rows, left)]
-    timed = any(h is not None for h in hrs)
     estimate = None
     if speed is not None:
         st = speed.settings
@@ -204,19 +220,29 @@ def _plan(store, cells, grad_steps_per_s, speed) -> tuple[list, dict]:
     return rows, document
 
 
+def _plan_lines(rows, plan: list[dict], timed: bool) -> list[str]:
+    """One line per cell in aligned columns: state, label, work left, hours left (with a throughput figure;
+    blank for a cell with nothing left here, finished or running elsewhere), then the detail."""
+    width = max((len(s.label) for s in rows), default=0)
+    lines = []
+    for s, c in zip(rows, plan):
+        cols = [f"{s.state:<9}", f"{s.label:<{width}}", f"{c['work_steps']:>14,} steps"]
+        if timed:
+            cols.append(f"{c['hours']:>8.3g} h" if s.state not in ("finished", "running") else " " * 10)
+        lines.append(("  ".join(cols) + (f"  {s.detail}" if s.detail else "")).rstrip())
+    return lines
+
+
 def _print_plan(store, cells, grad_steps_per_s, speed, as_json: bool = False) -> None:
     """`bench run --dry-run`: each cell's state, training work and hours left, then the totals (text or JSON)."""
-    from bench.execution.status import counts, format_table
+    from bench.execution.status import counts
 
     rows, doc = _plan(store, cells, grad_steps_per_s, speed)
     if as_json:
         echo_json(doc)
         return
-    plan, total, estimate = doc["cells"], doc["totals"], doc["estimate"]
-    extra = {"work": [f"{c['work_steps']:>14,} steps" for c in plan]}
-    if total["hours"] is not None:
-        extra["hours"] = [f"{c['hours']:>7.2f} h" for c in plan]
-    for line in format_table(rows, extra):
+    total, estimate = doc["totals"], doc["estimate"]
+    for line in _plan_lines(rows, doc["cells"], total["hours"] is not None):
         click.echo(line)
     click.echo(f"{total['cells']} cells: {counts(rows)}. Work left: {total['work_steps']:,} example-gradient steps "
                f"(epochs left x train size x (attack steps + 1)).")

@@ -143,6 +143,7 @@ class Param:
 @dataclass(frozen=True)
 class MethodEntry:
     label: str
+    summary: str = ""  # one line for `bench ls`; the method classes take theirs from here (methods/base.py)
     aliases: tuple[str, ...] = ()
     params: dict[str, Param] = field(default_factory=dict)
     max_attacks: int = 1  # training attacks one run may combine ('saa+cw': 2)
@@ -167,28 +168,38 @@ _LRAT_PARAMS = {
 }
 
 _BETA_KL = {"low": 0.0}
+_SUMMARIES = {  # one line per method for `bench ls`; the classes' `summary` (methods/base.py)
+    "at": "standard adversarial training, CE on the attack's output (Madry et al. 2018)",
+    "gairat": "geometry-aware instance reweighting from kappa (Zhang et al. ICLR 2021), lam=-1, plain AT for 59/120",
+    "lrat": "local reweighting inside each (instance, variants) pair (Gao et al. ICLR 2022), alpha=2 beta=0.5 C=0.1",
+    "lsat": "LRAT's locally simulated AT: the LRAT objective with all weights 1 (equals AT for one attack)",
+    "mail": "probabilistic-margin instance reweighting, MAIL-AT (Wang et al. NeurIPS 2021), plain AT for 76/120",
+    "mart": "misclassification-aware AT: boosted CE + beta (1 - p_y(x)) KL (Wang et al. ICLR 2020), beta=6",
+    "trades": "natural CE + beta KL(p(x) || p(x_adv)) on its KL attack (Zhang et al. ICML 2019), beta=6",
+}
 # Display order = the order of this dict (the LRAT paper's Table 1: AT, the instance-reweighted, then local;
 # the two defences every robustness paper reports beside AT come after AT).
 METHODS: dict[str, MethodEntry] = {
-    "at": MethodEntry("AT"),
-    "trades": MethodEntry("TRADES", train_attacks=("kl",), params={
+    "at": MethodEntry("AT", _SUMMARIES["at"]),
+    "trades": MethodEntry("TRADES", _SUMMARIES["trades"], train_attacks=("kl",), params={
         "beta": Param(6.0, "TRADES train_trades_cifar10.py --beta 6.0 (train_trades_mnist.py and trades.py's "
                            "keyword default: 1.0)", **_BETA_KL)}),
-    "mart": MethodEntry("MART", params={
+    "mart": MethodEntry("MART", _SUMMARIES["mart"], params={
         "beta": Param(6.0, "MART train_wideresnet.py --beta 6.0 and mart.py's keyword default", **_BETA_KL)}),
-    "gairat": MethodEntry("GAIRAT", aliases=("irat",), needs_kappa=True, min_attack_steps=2,  # "IRAT": the LRAT paper
+    "gairat": MethodEntry("GAIRAT", _SUMMARIES["gairat"], aliases=("irat",),  # "IRAT": the LRAT paper
+                          needs_kappa=True, min_attack_steps=2,
                           min_attack_steps_why="GAIRAT's weights divide by floor(K/2), which is 0 below 2 steps "
                                                "(NaN weights).",
                           params={"lam": Param(-1.0, "GAIRAT.py --Lambda (fixed schedule)", allow_inf=True),
                                   "burn_in": Param(59 / 120, "GAIRAT.py: reweights when (epoch + 1) >= begin_epoch "
                                                              "= 60, i.e. plain AT for 59 of 120 epochs", **_BURN_IN)}),
-    "mail": MethodEntry("MAIL", params={
+    "mail": MethodEntry("MAIL", _SUMMARIES["mail"], params={
         "slope": Param(1.0, "MAIL train.py --slope"),
         "bias": Param(-1.5, "MAIL train.py --bias"),
         "burn_in": Param(76 / 120, "MAIL train.py: plain AT while epoch <= 75 (0-based) of 120", **_BURN_IN)}),
-    "lsat": MethodEntry("LSAT", max_attacks=8, params={**_LRAT_PARAMS, "weighting": Param(
+    "lsat": MethodEntry("LSAT", _SUMMARIES["lsat"], max_attacks=8, params={**_LRAT_PARAMS, "weighting": Param(
         "none", "LSAT: the LRAT objective with all weights 1", ("lrat", "none"))}),
-    "lrat": MethodEntry("LRAT", max_attacks=8, params=dict(_LRAT_PARAMS)),
+    "lrat": MethodEntry("LRAT", _SUMMARIES["lrat"], max_attacks=8, params=dict(_LRAT_PARAMS)),
 }
 METHOD_ALIASES = {alias: name for name, entry in METHODS.items() for alias in entry.aliases}
 

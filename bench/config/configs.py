@@ -38,6 +38,19 @@ def parse_eps(value: str | float, threat_model: ThreatModel = "linf", what: str 
     return eps
 
 
+def format_eps(eps: float) -> str:
+    """eps as a flag or RobustBench's files write it: "0.5" or "0.031" when a short decimal is exact, "8/255" when
+    a fraction with a denominator up to 1000 is (the float of 8/255 has no short decimal), else the float's
+    shortest repr; `parse_eps` reads each back as the same float."""
+    short = f"{eps:.6g}"
+    if float(short) == eps:
+        return short
+    frac = Fraction(eps).limit_denominator(1000)
+    if abs(float(frac) - eps) <= 1e-12 * max(eps, 1e-12):
+        return f"{frac.numerator}/{frac.denominator}"
+    return repr(eps)
+
+
 def check_budget(eps: float, threat_model: str, input_dim: int | None = None) -> None:
     """Refuse a budget that cannot be in pixel units: eps < 0 or NaN; L-inf eps > 1; L2 eps > sqrt(d), the
     diameter of the input cube [0, 1]^d (every input would be reachable). The eps guard of the evaluation

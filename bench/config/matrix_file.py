@@ -154,7 +154,7 @@ def load_matrix_file(path: str | Path) -> MatrixValues:
     for section, table in doc.items():
         if not isinstance(table, dict):
             raise UsageError(f"{_where(path, text, '', section)}: key '{section}' must sit inside a section "
-                             f"({', '.join(f'[{s}]' for s in sections)}).{suggest(section, _all_keys())}")
+                             f"({', '.join(f'[{s}]' for s in sections)}).{_home_of(section)}")
         if section not in sections:
             raise UsageError(f"{_where(path, text, section)}: unknown section [{section}].{suggest(section, sections)}"
                              f" (sections: {', '.join(sections)})")
@@ -188,6 +188,17 @@ def _syntax_error(path: Path, text: str, exc: Exception) -> str:
 
 def _all_keys() -> list[str]:
     return [k for keys in SCHEMA.values() for k in keys]
+
+
+def _home_of(key: str) -> str:
+    """The section a top-level key belongs in ('methods' -> ' It belongs in [matrix]: put it under that
+    header.'), or that of the closest key; '' when none is close."""
+    home = next((section for section, keys in SCHEMA.items() if key in keys), None)
+    if home is not None:
+        return f" It belongs in [{home}]: put it under that header."
+    close = suggest(key, _all_keys()).removeprefix(" Did you mean: ").removesuffix("?")
+    section = next((sec for sec, keys in SCHEMA.items() if close in keys), None)
+    return f" Did you mean: {close} (in [{section}])?" if close and section else ""
 
 
 def _method_tables(path: Path, text: str, table: dict) -> dict[str, dict[str, Any]]:

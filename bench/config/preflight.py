@@ -1,11 +1,11 @@
-"""Checks of a planned run that need the outside world (the results folder, the data), made before anything
-is written. Loading data imports torch, so it happens inside the function."""
+"""Checks of a planned run that need the outside world (the results and output folders), made before anything
+is written, and the key under which cells share their data. Torch-free and importing nothing outside
+bench/config/ (tests/test_layout.py): loading the data is bench.execution.matrix_data's."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bench.config.matrix_cells import Cell
 from bench.config.names import UsageError
@@ -54,12 +54,3 @@ def data_key(cell: Cell) -> tuple:
     t = cell.train
     return (t.dataset, t.val_size, t.train_subset, cell.eval.test_subset)
 
-
-def load_matrix_data(cells: list[Cell], data_dir: str | None) -> dict[tuple, Any]:
-    """Load every dataset the matrix needs (DatasetNotFound, a UsageError, says how to get a missing one)."""
-    from bench.data import load_keyed
-
-    out: dict[tuple, Any] = {}
-    for cell in cells:
-        load_keyed(data_key(cell), data_dir, out)
-    return out

@@ -27,6 +27,7 @@ import torch
 from bench.attacks.pgd import PGD, AttackResult
 from bench.config.catalog import EVAL_ATTACKS as CATALOG, EvalAttackEntry
 from bench.evaluation.guards import refuse_unsafe
+from bench.evaluation.integrity import BallCheck, batch_label, checked_logits
 from bench.plugins import attach
 from bench.store import StoreError, decode_flags, encode_flags, read_json, write_json
 
@@ -106,18 +107,25 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def _natural(model, x, y, batch_size) -> torch.Tensor:
-    return torch.cat([model(x[a:b]).argmax(1) == y[a:b] for a, b in _batches(len(y), batch_size)])
+    return torch.cat([checked_logits(model(x[a:b]), b - a, f"the clean test points {a}-{b - 1}").argmax(1) == y[a:b]
+                      for a, b in _batches(len(y), batch_size)])
 
 
-def run_attack_flags(model, x, y, attack, batch_size: int = 256) -> torch.Tensor:
-    """Robust flags of any `attack(model, x, y) -> AttackResult`, run on the correctly classified points only."""
+def run_attack_flags(model, x, y, attack, batch_size: int = 256, check: BallCheck | None = None) -> torch.Tensor:
+    """Robust flags of any `attack(model, x, y) -> AttackResult`, run on the correctly classified points only.
+    `check`: each batch's x_adv is checked against the threat model before its flags count (run_eval_attack
+    always gives one; without it only the model's logits are checked)."""
     flags = _natural(model, x, y, batch_size)
     idx = torch.nonzero(flags).flatten()
-    for a, b in _batches(len(idx), batch_size):
-        sel = idx[a:b]
+    batches = list(_batches(len(idx), batch_size))
+    for b, (lo, hi) in enumerate(batches):
+        sel = idx[lo:hi]
         result: AttackResult = attack(model, x[sel], y[sel])
+        where = batch_label(b, len(batches), sel)
+        x_adv = check(x[sel], result, where) if check is not None else result.x_adv
         with torch.no_grad():
-            flags[sel] = model(result.x_adv).argmax(1) == y[sel]
+            logits = checked_logits(model(x_adv), len(sel), f"the adversarial examples of {where}")
+            flags[sel] = logits.argmax(1) == y[sel]
     return flags
 
 
@@ -127,17 +135,9 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat_model: str, seed: int,
-                    batch_size: int, state_path: Path | None, logger: logging.Logger,
-                    model_id: str | None = None) -> tuple[torch.Tensor, bool, dict[str, float]]:
-    """AutoAttack's composition, component by component over the still-robust points, resumable per batch.
-    Returns the flags, whether a state was resumed, and each component's seconds (summed over resumes)."""
-    from pyautoattack import AutoAttack, checks
-
-    key = {"components": list(components), "eps": eps, "norm": threat_model, "seed": seed,
-           "batch_size": batch_size, "n": len(y), "points": _fingerprint(x, y)}
-    if model_id is not None:  # a state of another checkpoint file never resumes
-        key["model"] = model_id
+def _start_state(model, x, y, batch_size: int, state_path: Path | None, key: dict) -> tuple[dict, bool]:
+    """(state, resumed): the AutoAttack state at `state_path` when it was written for this very evaluation
+    (`key`), else a fresh one holding the natural flags."""
     state = None
     if state_path is not None and state_path.exists():
         try:
@@ -147,17 +147,36 @@ def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat
     if state is not None and (not isinstance(state, dict) or state.get("key") != key):
         log.warning("ignoring AutoAttack state %s: it was written for another evaluation", state_path)
         state = None
-    resumed = state is not None
-    if state is None:
-        flags = _natural(model, x, y, batch_size)
-        state = {"key": key, "flags": encode_flags(flags.tolist()), "done": [], "current": None,
-                 "start": None, "batches_done": 0, "acc": {"clean": flags.float().mean().item()}}
-    else:
+    if state is not None:
         log.info("resuming AutoAttack from %s (done: %s)", state_path, ", ".join(state["done"]) or "nothing")
+        return state, True
+    flags = _natural(model, x, y, batch_size)
+    return {"key": key, "flags": encode_flags(flags.tolist()), "done": [], "current": None, "start": None,
+            "batches_done": 0, "acc": {"clean": flags.float().mean().item()}}, False
+
+
+def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat_model: str, seed: int,
+                    batch_size: int, state_path: Path | None, logger: logging.Logger,
+                    model_id: str | None = None,
+                    check: BallCheck | None = None) -> tuple[torch.Tensor, bool, dict[str, float]]:
+    """AutoAttack's composition, component by component over the still-robust points, resumable per batch.
+    Returns the flags, whether a state was resumed, and each component's seconds (summed over resumes).
+    `check`: every batch's x_adv is checked against the threat model; its largest perturbation is kept in the
+    state, so a resumed evaluation still reports the largest over all batches."""
+    from pyautoattack import AutoAttack, checks
+
+    key = {"components": list(components), "eps": eps, "norm": threat_model, "seed": seed,
+           "batch_size": batch_size, "n": len(y), "points": _fingerprint(x, y)}
+    if model_id is not None:  # a state of another checkpoint file never resumes
+        key["model"] = model_id
+    check = check or BallCheck("aa", eps, threat_model)
+    state, resumed = _start_state(model, x, y, batch_size, state_path, key)
     flags = torch.tensor(decode_flags(state["flags"]), dtype=torch.bool, device=x.device)
+    check.largest = max(check.largest, float(state.get("max_perturbation", 0.0)))
 
     def save():
         state["flags"] = encode_flags(flags.tolist())
+        state["max_perturbation"] = check.largest
         if state_path is not None:
             write_json(state_path, state)
 
@@ -173,12 +192,14 @@ def _run_autoattack(model, x, y, components: tuple[str, ...], eps: float, threat
         idx = torch.nonzero(start).flatten()
         adversary.attacks_to_run = [comp]  # the component with the standard version's settings
         seconds = state.setdefault("seconds", {})
-        for b, (lo, hi) in enumerate(_batches(len(idx), batch_size)):
+        batches = list(_batches(len(idx), batch_size))
+        for b, (lo, hi) in enumerate(batches):
             if b < state["batches_done"]:
                 continue
             sel = idx[lo:hi]
             t0 = time.perf_counter()
-            _, y_adv = adversary.run_standard_evaluation(x[sel], y[sel], batch_size=len(sel))
+            x_adv, y_adv = adversary.run_standard_evaluation(x[sel], y[sel], batch_size=len(sel))
+            check(x[sel], x_adv, f"its {comp} {batch_label(b, len(batches), sel)}")
             flags[sel] &= y_adv.to(y.device) == y[sel]
             seconds[comp] = seconds.get(comp, 0.0) + time.perf_counter() - t0
             state["batches_done"] = b + 1
@@ -223,19 +244,21 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
     aa_logger.addHandler(collector)
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     resumed, component_seconds = False, {}
+    check = BallCheck(name, eps, threat_model)  # every x_adv, built-in or plugin (natural has none: 0)
     try:
         with torch.random.fork_rng(devices=devices), fp32_precision(allow_tf32):
             torch.manual_seed(seed)
             if name == "natural":
                 flags = _natural(model, x, y, batch_size)
             elif name in PGD_NAMES:
-                flags = run_attack_flags(model, x, y, build_pgd(name, eps, threat_model), batch_size)
+                flags = run_attack_flags(model, x, y, build_pgd(name, eps, threat_model), batch_size, check)
             elif name in PLUGIN_BUILDERS:
-                flags = run_attack_flags(model, x, y, PLUGIN_BUILDERS[name](eps, threat_model), batch_size)
+                flags = run_attack_flags(model, x, y, PLUGIN_BUILDERS[name](eps, threat_model), batch_size, check)
             else:
                 components = AA_COMPONENTS if name == "aa" else (name,)
                 flags, resumed, component_seconds = _run_autoattack(
-                    model, x, y, components, eps, threat_model, seed, batch_size, state_path, aa_logger, model_id)
+                    model, x, y, components, eps, threat_model, seed, batch_size, state_path, aa_logger, model_id,
+                    check)
     finally:
         aa_logger.removeHandler(collector)
         aa_logger.setLevel(old_level)
@@ -243,7 +266,8 @@ def run_eval_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, na
     warnings = list(dict.fromkeys(collector.messages))
     for w in warnings:
         log.warning("AutoAttack check (%s): %s", name, w)
-    info = {"eval_precision": "tf32" if allow_tf32 else "fp32", "eval_tf32": allow_tf32}
+    info = {"eval_precision": "tf32" if allow_tf32 else "fp32", "eval_tf32": allow_tf32,
+            "max_perturbation": check.largest}
     if component_seconds:  # where AutoAttack's time went, e.g. "apgd-ce=2.7;apgd-t=19.9;fab-t=44.3;square=59.3"
         info["aa_component_seconds"] = ";".join(f"{c}={component_seconds[c]:.1f}" for c in components
                                                 if c in component_seconds)

@@ -4,8 +4,11 @@ Why it exists: robustbench 1.1.1 does `from autoattack import AutoAttack` and `f
 EvaluationState`, the API of the official AutoAttack repository (fra31/auto-attack, installed from git). On PyPI
 the same attack code ships as `pyautoattack`, whose class has another signature (keyword-only `attacks=`, no
 `log_path`/`verbose`, `run_standard_evaluation(x, y, *, batch_size=, state_path=)` returning `(x_adv, y_adv)`),
-and no PyPI package provides a module named `autoattack`. `install()` registers one that adapts pyautoattack to
-the fra31 signature, so `robustbench.eval.benchmark` runs unchanged. Call it before robustbench is first imported.
+and no PyPI package provides a module named `autoattack`. This module adapts pyautoattack to the fra31 signature,
+so `robustbench.eval.benchmark` runs unchanged. lrat-bench's installation makes it the `autoattack` that is
+imported when no real one is installed (lrat_bench_autoattack.py, a finder appended at start-up by a .pth file),
+so `import robustbench` just works; `install()` registers it explicitly (where that .pth is absent: a checkout on
+PYTHONPATH), before robustbench is first imported.
 
 Kept as in fra31: `seed=None` seeds from the clock (pass a seed for reproducible numbers); `verbose` only sets
 the `auto-attack` logger's level (configure logging to see it); `log_path` adds a file handler for the run.
@@ -101,17 +104,24 @@ def build_module() -> types.ModuleType:
     return module
 
 
+def register_submodules(module: types.ModuleType) -> None:
+    """`autoattack.state` and the others in sys.modules: the shim is a module, not a package, so `from
+    autoattack.state import EvaluationState` (robustbench.eval) finds them there."""
+    for name in SUBMODULES:
+        sys.modules[f"autoattack.{name}"] = getattr(module, name)
+
+
 def install() -> bool:
     """Register the shim as `autoattack` (and its submodules) unless a real `autoattack` is importable.
     Idempotent. Returns True when the shim is (now) the module robustbench will get."""
     current = sys.modules.get("autoattack")
     if current is not None:
         return bool(getattr(current, "__lrat_bench_shim__", False))
-    if importlib.util.find_spec("autoattack") is not None:
+    spec = importlib.util.find_spec("autoattack")
+    if spec is not None and not getattr(spec.loader, "lrat_bench_fallback", False):  # the fallback is this shim
         log.info("a real 'autoattack' package is installed; not shadowing it")
         return False
     module = build_module()
     sys.modules["autoattack"] = module
-    for name in SUBMODULES:
-        sys.modules[f"autoattack.{name}"] = getattr(module, name)
+    register_submodules(module)
     return True

@@ -36,10 +36,11 @@ import torch
 
 from bench.config import EvalConfig, checkpoint_epoch_number
 from bench.config.catalog import default_eps, is_external
-from bench.data import Split, to_float
+from bench.data import DATASETS, Split, to_float
 from bench.evaluation.attacks import AA_COMPONENTS, EVAL_ATTACKS, WHITE_BOX, run_eval_attack
 from bench.evaluation.guards import (check_autoattack, check_model, check_monotone, check_square, columns,
                           merge_columns)
+from bench.evaluation.integrity import AdversarialViolation
 from bench.config.names import UsageError
 from bench.fingerprint import recorded_fingerprint
 from bench.provenance import provenance
@@ -185,6 +186,57 @@ def drop_mismatched_rows(store: Store, run_id: str) -> list[Path]:
     return moved
 
 
+def _attack(net, x, y, attack: str, eps: float, ecfg: EvalConfig, state: Path, sha: str):
+    """run_eval_attack with the suite's settings. An attack refused for its x_adv (AdversarialViolation)
+    leaves nothing behind, not even its AutoAttack progress file."""
+    try:
+        return run_eval_attack(net, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
+                               batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None,
+                               allow_tf32=ecfg.precision == "tf32", model_id=sha)
+    except AdversarialViolation:
+        state.unlink(missing_ok=True)
+        raise
+
+
+def _check_evaluable(store: Store, run_id: str, train: dict, ecfg: EvalConfig, model) -> bool:
+    """Whether the run's training is final (TRAINED, or an external model); UsageError when `best`/`last` are
+    asked of a run still training (rows evaluated now would describe a model that training replaces)."""
+    external = is_external(train)
+    if model is not None and not (external and len(ecfg.checkpoints) == 1):
+        raise ValueError("evaluate_run: a given model is for the one checkpoint of an external model's run")
+    trained = store.has(run_id, TRAINED) or external
+    unfinished = [c for c in ecfg.checkpoints if checkpoint_epoch_number(c) is None]
+    if not trained and unfinished:
+        raise UsageError(f"Run {run_id} has not finished training (no TRAINED marker): its {'/'.join(unfinished)} "
+                         "checkpoint is not its final model yet, so rows evaluated now would describe a model that "
+                         "training replaces. Finish it with `bench run`, or evaluate an epochN checkpoint it kept.")
+    return trained
+
+
+def _checkpoint_bytes(path: Path, run_id: str, ckpt: str) -> bytes:
+    """The checkpoint file's bytes: UsageError when it does not exist, its StoreError when it is not a checkpoint
+    (raised before any stored row is judged against it)."""
+    if not path.exists():
+        raise UsageError(f"Run {run_id} has no checkpoint '{ckpt}': an epoch checkpoint is kept only "
+                         f"when it is asked for before training (retrain with --force to get it).")
+    data = path.read_bytes()
+    if (problem := check_torch_file(path, deep=True, data=data)) is not None:
+        raise problem
+    return data
+
+
+def _guarded(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ecfg: EvalConfig,
+             num_classes: int, where: str) -> list:
+    """The model-level guards on the first batch (refusing ones raise), the flagged ones logged; the model's
+    parameter gradients off (attacks need input gradients only)."""
+    net.requires_grad_(False)
+    guards = check_model(net, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model, num_classes)
+    for g in guards:
+        if g.status == "flag":
+            log.warning("guard %s flagged on %s: %s", g.name, where, g.detail)
+    return guards
+
+
 def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, device: torch.device,
                  on_attack: Callable[[str, str, dict], None] | None = None,
                  model: torch.nn.Module | None = None) -> list[dict]:
@@ -201,15 +253,7 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
     """
     config = store.config(run_id)
     train = config["train"]
-    external = is_external(train)
-    if model is not None and not (external and len(ecfg.checkpoints) == 1):
-        raise ValueError("evaluate_run: a given model is for the one checkpoint of an external model's run")
-    trained = store.has(run_id, TRAINED) or external
-    unfinished = [c for c in ecfg.checkpoints if checkpoint_epoch_number(c) is None]
-    if not trained and unfinished:
-        raise UsageError(f"Run {run_id} has not finished training (no TRAINED marker): its {'/'.join(unfinished)} "
-                         "checkpoint is not its final model yet, so rows evaluated now would describe a model that "
-                         "training replaces. Finish it with `bench run`, or evaluate an epochN checkpoint it kept.")
+    trained = _check_evaluable(store, run_id, train, ecfg, model)
     eps = resolve_eval_eps(train["dataset"], train["eps"], ecfg)
     history = store.history(run_id)
     prov = {**provenance(device), "code_fingerprint": recorded_fingerprint(config)}  # the training's code, not ours
@@ -221,12 +265,7 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
         group = eval_group(ckpt, ecfg.threat_model, eps, len(y), ecfg.precision)
         ckpt_epoch = _checkpoint_epoch(history, ckpt)
         path = store.run_dir(run_id) / f"{ckpt}.pt"
-        if not path.exists():
-            raise UsageError(f"Run {run_id} has no checkpoint '{ckpt}': an epoch checkpoint is kept only "
-                             f"when it is asked for before training (retrain with --force to get it).")
-        data = path.read_bytes()  # hashed once; the model is loaded from these very bytes
-        if (problem := check_torch_file(path, deep=True, data=data)) is not None:
-            raise problem  # before any stored row is judged against a file that is not a checkpoint
+        data = _checkpoint_bytes(path, run_id, ckpt)  # hashed once; the model is loaded from these very bytes
         sha = file_sha(data=data)
         todo = reconcile_group(store, run_id, group, ecfg.attacks, sha, path,
                                trained or checkpoint_epoch_number(ckpt) is not None)
@@ -236,18 +275,13 @@ def evaluate_run(store: Store, run_id: str, ecfg: EvalConfig, test: Split, devic
                 continue
             if net is None:
                 net = model if model is not None else load_run(store.run_dir(run_id), ckpt, str(device), data=data)[0]
-                net.requires_grad_(False)  # attacks need input gradients only
-                model_guards = check_model(net, x[:ecfg.batch_size], y[:ecfg.batch_size], eps, ecfg.threat_model)
-                for g in model_guards:
-                    if g.status == "flag":
-                        log.warning("guard %s flagged on %s/%s: %s", g.name, run_id, ckpt, g.detail)
+                model_guards = _guarded(net, x, y, eps, ecfg, DATASETS[train["dataset"]].num_classes,
+                                        f"{run_id}/{ckpt}")
             state = store.eval_path(run_id, group, attack).with_name(f"{attack}.aa_state")
             t0 = time.perf_counter()
             source, outcome = same_file.get((sha, attack), ("", None))
             if outcome is None:  # a seeded attack on the same bytes gives the same flags: best.pt == last.pt once
-                outcome = run_eval_attack(net, x, y, attack, eps=eps, threat_model=ecfg.threat_model, seed=ecfg.seed,
-                                          batch_size=ecfg.batch_size, state_path=state if attack in AA_NAMES else None,
-                                          allow_tf32=ecfg.precision == "tf32", model_id=sha)
+                outcome = _attack(net, x, y, attack, eps, ecfg, state, sha)
                 same_file[(sha, attack)] = (ckpt, outcome)
             guards = model_guards + [check_autoattack(outcome.warnings, attack in AA_NAMES)]
             extra = {**shared, **outcome.info, "eval_batch_size": ecfg.batch_size, "aa_resumed": outcome.resumed,
@@ -301,6 +335,9 @@ def write_worst(store: Store, run_id: str, group: str, config: dict, ckpt: str, 
         flags = list(f) if flags is None else [a and b for a, b in zip(flags, f)]
     extra = {k: updated[0][k] for k in GROUP_COLUMNS if updated and k in updated[0]}
     extra.update(merge_columns(updated))
+    perturbations = [r["max_perturbation"] for r in updated if r.get("max_perturbation") is not None]
+    if perturbations:  # the largest of the combined attacks' (rows older than the column have none)
+        extra["max_perturbation"] = max(perturbations)
     if checkpoint_sha is not None:
         extra["checkpoint_sha"] = checkpoint_sha
     row = make_row(config, ckpt, ckpt_epoch, "worst", flags or [], eps, ecfg, 0.0, [], prov, extra)

@@ -135,12 +135,23 @@ class Borrowed:
             p.requires_grad_(flag)
 
 
+def check_parameters(model: torch.nn.Module) -> None:
+    """A model without parameters is refused: nothing in it was trained, and its stored state dict (the run's
+    identity) would not tell two such models apart."""
+    if not any(True for _ in model.parameters()):
+        raise UsageError(f"The model ({type(model).__name__}) has no parameters: there is nothing trained to "
+                         f"evaluate, and its stored weights would not identify it. Give a module whose weights are "
+                         f"nn.Parameter (or nn.Module layers).")
+
+
 def check_outputs(model: torch.nn.Module, x: torch.Tensor, num_classes: int, dataset: str) -> None:
-    """One forward pass on a few test inputs: logits of shape (n, classes), or a UsageError saying what came."""
+    """One forward pass on a few test inputs: finite logits of shape (n, classes) with a gradient path from the
+    input (gradient attacks need one), or a UsageError saying what came. Run before the run folder exists."""
     import torch
 
+    x = x.detach().clone().requires_grad_(True)
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - the caller's module: any error is its own
         raise UsageError(f"The model fails on {dataset} inputs of shape {tuple(x.shape)} in [0, 1] "
@@ -150,6 +161,12 @@ def check_outputs(model: torch.nn.Module, x: torch.Tensor, num_classes: int, dat
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise UsageError(f"The model returns {got} for {len(x)} {dataset} inputs; expected logits of shape "
                          f"({len(x)}, {num_classes}).")
+    if not bool(torch.isfinite(out).all()):
+        raise UsageError(f"The model returns non-finite logits (NaN or infinite) on {len(x)} {dataset} test inputs: "
+                         f"its predictions would be meaningless, so it is not evaluated.")
+    if not out.requires_grad or torch.autograd.grad(out.float().sum(), [x], allow_unused=True)[0] is None:
+        raise UsageError(f"The model's logits have no gradient path from its input (a constant model, or one that "
+                         f"detaches its input): gradient attacks cannot run on it, so it is not evaluated.")
 
 
 def check_evaluation(*, name: str, dataset: str, eval_attacks: str | Sequence[str], eps: float | str | None = None,
@@ -201,6 +218,22 @@ def locked(store, run_id: str, name: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def removed_on_failure(store, run_id: str) -> Iterator[None]:
+    """A run folder this evaluation creates is removed again when it fails before storing any row (a model a
+    guard refuses mid-way): otherwise `bench status` would list it as an interrupted run. Call it under the lock."""
+    import shutil
+
+    run_dir = store.run_dir(run_id)
+    fresh = not run_dir.exists()
+    try:
+        yield
+    except Exception:
+        if fresh and not any(run_dir.glob("evals/*/*.json")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def write_run(store, config: dict[str, Any], label: str, data: bytes) -> None:

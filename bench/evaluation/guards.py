@@ -9,12 +9,16 @@ Each guard gives a `GuardResult` that lands in every result row as a column `gua
 | eval_mode | any module with `training=True` (BN batch statistics, live dropout) | - |
 | input_range | inputs outside [0, 1] (normalisation outside the model, eps in the wrong units) | - |
 | eps | eps < 0; L-inf eps > 1; L2 eps > sqrt(d) (the input cube's diameter) | L-inf > 0.3; L2 > 0.1 sqrt(d) |
+| outputs | logits that are not a finite (batch, classes) tensor (classes: the dataset's) | - |
 | deterministic | - | two forward passes on the same batch differ |
 | logits | - | outputs are probability rows (in [0, 1], summing to 1) |
-| zero_grad | - | points whose input gradient of CE is exactly zero (AutoAttack's check_zero_gradients) |
+| zero_grad | logits with no gradient path from the input | points whose input gradient of CE is exactly zero |
 | autoattack | - | any warning AutoAttack's own checks (checks.py) logged during the run |
 | monotone | - | accuracy rises with attack strength beyond binomial noise (natural >= fgsm >= pgd20 >= aa) |
 | square | - | Square breaks more than 0.2% of points that stored APGD-CE/APGD-T/FAB-T all missed (check_square_sr) |
+
+Every adversarial example is checked as well, batch by batch, against x and eps (bench/evaluation/integrity.py:
+an attack leaving the threat model is refused like a guard, with AdversarialViolation).
 
 Why refuse train mode instead of switching to eval: a hidden mode switch is exactly the bug class this
 guards against (torchattacks does it silently); the harness's own `load_run` always returns an eval-mode model,
@@ -33,7 +37,7 @@ import torch.nn as nn
 from bench.config.configs import check_budget
 
 Status = Literal["ok", "flag", "skip"]
-MODEL_GUARDS = ("eval_mode", "input_range", "eps", "deterministic", "logits", "zero_grad")
+MODEL_GUARDS = ("eval_mode", "input_range", "eps", "outputs", "deterministic", "logits", "zero_grad")
 ALL_GUARDS = MODEL_GUARDS + ("autoattack", "monotone", "square")
 
 LINF_SUSPICIOUS = 0.3  # the largest standard L-inf budget (MNIST); anything above is likely a unit mistake
@@ -119,6 +123,25 @@ def refuse_unsafe(model: nn.Module, x: torch.Tensor, eps: float, threat_model: s
             check_eps(eps, threat_model, x[0].numel() if len(x) else None)]
 
 
+@torch.no_grad()
+def check_outputs(model: nn.Module, x: torch.Tensor, num_classes: int | None = None) -> GuardResult:
+    """Refuse logits that are not a finite (batch, num_classes) tensor: a NaN logit's argmax is an index like
+    any other, and extra or missing classes make every accuracy meaningless (AutoAttack's check of the number
+    of classes; here a refusal, not a flag)."""
+    out = model(x)
+    want = f"({len(x)}, {num_classes})" if num_classes is not None else f"({len(x)}, classes)"
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x) or (
+            num_classes is not None and out.shape[1] != num_classes):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise GuardFailure(f"The model returns {got} for {len(x)} inputs; expected logits of shape {want}"
+                           f"{' (the dataset has ' + str(num_classes) + ' classes)' if num_classes else ''}.")
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise GuardFailure(f"The model returns {bad} non-finite logits (NaN or infinite) on {len(x)} test inputs: "
+                           f"its predictions are meaningless, so it is not evaluated.")
+    return GuardResult("outputs", "ok")
+
+
 # --- flags on the model ---------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -144,7 +167,10 @@ def check_zero_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Guard
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = nn.functional.cross_entropy(model(x).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, [x])
+        (grad,) = torch.autograd.grad(loss, [x], allow_unused=True) if loss.requires_grad else (None,)
+    if grad is None:  # refused: gradient attacks would crash on it, or silently do nothing
+        raise GuardFailure("The model's logits have no gradient path from its input (a constant model, or one that "
+                           "detaches its input): gradient attacks cannot run on it, so it is not evaluated.")
     zero = int((grad.flatten(1).abs().sum(1) == 0).sum())
     if zero:
         return GuardResult("zero_grad", "flag", f"{zero} of {len(y)} points have an exactly zero input gradient: "
@@ -152,9 +178,11 @@ def check_zero_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Guard
     return GuardResult("zero_grad", "ok")
 
 
-def check_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, threat_model: str) -> list[GuardResult]:
-    """Every model-level guard on a batch (x, y); raises GuardFailure / UsageError for the refusing ones."""
-    return refuse_unsafe(model, x, eps, threat_model) + [
+def check_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, threat_model: str,
+                num_classes: int | None = None) -> list[GuardResult]:
+    """Every model-level guard on a batch (x, y); raises GuardFailure / UsageError for the refusing ones.
+    `num_classes`: the dataset's, which the logits must have (None: any number)."""
+    return refuse_unsafe(model, x, eps, threat_model) + [check_outputs(model, x, num_classes)] + [
         check_deterministic(model, x), check_logits(model, x), check_zero_grad(model, x, y)]
 
 

@@ -116,7 +116,9 @@ def _run_cell_task(cell: Cell, results: str, device: str, data_dir: str | None, 
                    runtime: RuntimeOptions | None = None) -> CellOutcome:
     """The body of one Ray task or local worker process: a fresh Runner in that process, on the shared store.
     Ray finds it by its import path (bench.execution.executors._run_cell_task) in every worker."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from bench.verbosity import log_level
+
+    logging.basicConfig(level=log_level(), format="%(message)s")  # -q reaches the workers through the environment
     from bench.execution.runner import Runner
     from bench.provenance import resolve_device
 

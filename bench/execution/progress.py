@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from bench.verbosity import is_quiet
+
 if TYPE_CHECKING:
     from bench.training.loop import Callbacks
 
@@ -21,7 +23,7 @@ class CellProgress:
     def _on_batch(self, epoch: int, batch: int, n_batches: int, loss: float) -> None:
         if self.bar is None:
             self.bar = tqdm(total=self.epochs * n_batches, initial=epoch * n_batches, desc=self.label,
-                            leave=False, disable=None, dynamic_ncols=True)
+                            leave=False, disable=True if is_quiet() else None, dynamic_ncols=True)
         shown = "" if loss != loss else f" loss {loss:.3f}"  # NaN: not read back from the GPU yet
         self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs}{shown}", refresh=False)
         self.bar.update(1)
@@ -63,8 +65,8 @@ class MatrixProgress:
         self.finished, self.running = 0, 0
         self.counts: dict[str, int] = {"done": 0, "skipped": 0, "failed": 0, "busy": 0}
         self.durations: list[float] = []
-        self.bar = tqdm(total=total, desc="matrix", unit="cell", position=0, leave=False, disable=None,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc="matrix", unit="cell", position=0, leave=False,
+                        disable=True if is_quiet() else None, dynamic_ncols=True)
 
     def eta(self) -> float | None:
         if not self.durations:

@@ -5,8 +5,9 @@
 - Resume: training from the last finished epoch (train_state.pt), evaluation per stored (checkpoint, attack).
 - A cell that raises (or whose loss goes NaN/inf) is recorded as FAILED with reason and traceback, never
   yields result rows; the other cells go on.
-- Every time a process works on a cell it appends to <run_dir>/attempts.json (pid, host, phase, start epoch):
-  the record of who trained what, read by `bench status` and by the tests that prove nothing ran twice.
+- Every time a process works on a cell it appends to <run_dir>/attempts.json (pid, host, phase, start epoch;
+  phase "train" only when an epoch is left to train from the train state): the record of who trained what, read
+  by `bench status` and by the tests that prove nothing ran twice.
 - A damaged store is repaired, not skipped (`repair_run`, under the lock, before any work): a damaged eval
   result is evaluated again, a damaged config.json rewritten, a damaged history.json rebuilt from the train
   state, a damaged checkpoint or train state trained again from scratch. Damaged files are set aside as
@@ -35,13 +36,13 @@ from bench.config.catalog import DEFAULTS
 from bench.data import DataBundle, load_keyed
 from bench.evaluation.evaluate import drop_mismatched_rows, evaluate_run
 from bench.execution.progress import CellProgress, MatrixProgress
-from bench.execution.status import ATTEMPTS, is_complete  # noqa: F401
+from bench.execution.status import ATTEMPTS, is_complete, suite_files  # noqa: F401
 from bench.fingerprint import code_fingerprint
 from bench.config.matrix_cells import Cell
 from bench.config.preflight import data_key
 from bench.provenance import provenance
 from bench.store import DONE, FAILED, TRAINED, Store, StoreError, inspect_run, read_json, set_aside, write_json
-from bench.training.loop import NonFiniteLoss, RuntimeOptions, train_run
+from bench.training.loop import NonFiniteLoss, RuntimeOptions, load_train_state, train_run
 
 log = logging.getLogger(__name__)
 Status = Literal["done", "skipped", "failed", "busy"]
@@ -74,6 +75,18 @@ def record_attempt(run_dir: Path, phase: str, from_epoch: int) -> None:
     attempts.append({"pid": os.getpid(), "host": socket.gethostname(), "phase": phase, "from_epoch": from_epoch,
                      "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     write_json(path, attempts)
+
+
+def resume_epoch(store: Store, run_id: str) -> int:
+    """The epoch training resumes from: train_state.pt's (what train_run resumes from, and rebuilds a repaired
+    history.json from), else the number of epochs in history.json."""
+    path = store.run_dir(run_id) / "train_state.pt"
+    if path.exists():
+        try:
+            return int(load_train_state(path)["epoch"])
+        except (StoreError, TypeError, ValueError):  # train_run names the file when it fails on it
+            pass
+    return len(store.history(run_id))
 
 
 TRAIN_OUTPUTS = ("train_state.pt", "history.json", "best.pt", "last.pt")  # plus epoch<N>.pt
@@ -151,7 +164,8 @@ class Runner:
                 for line in repair_run(self.store, run_id, [exc]):
                     log.warning("%s: damaged store file %s", cell.label, line)
                 self._work(cell, data, t0)
-            self.store.mark(run_id, DONE, {"seconds": time.perf_counter() - t0})
+            suite = [list(f) for f in suite_files(cell, len(data.test))]  # what `bench run` redoes if it goes
+            self.store.mark(run_id, DONE, {"seconds": time.perf_counter() - t0, "suite": suite})
             return CellOutcome(cell, "done", time.perf_counter() - t0)
         except Exception as exc:  # a failed cell is recorded and the matrix goes on
             reason = f"{type(exc).__name__}: {exc}"
@@ -169,7 +183,9 @@ class Runner:
         self.store.clear(run_id, FAILED)
         self.store.clear(run_id, DONE)
         trained = self.store.has(run_id, TRAINED)
-        record_attempt(run_dir, "evaluate" if trained else "train", len(self.store.history(run_id)))
+        start = len(self.store.history(run_id)) if trained else resume_epoch(self.store, run_id)
+        # "train" only when an epoch is left to train: a repaired history.json is rebuilt, not retrained
+        record_attempt(run_dir, "train" if not trained and start < cell.train.epochs else "evaluate", start)
         if not (run_dir / "config.json").exists():  # the fingerprint of the code about to train the weights
             prov = {**provenance(self.device), "code_fingerprint": code_fingerprint()}
             write_json(run_dir / "config.json", {"run_id": run_id, "train": cell.train.to_dict(), "provenance": prov})

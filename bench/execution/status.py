@@ -1,59 +1,95 @@
-"""Where every cell stands: finished, running (its lock is held), failed (with the reason), pending, or damaged
-(a stored file is truncated, garbled or refused: the file and the reason; `bench run` repairs it).
+"""Where every cell stands: finished, running (its lock is held), failed (with the reason), pending, stale
+(rows computed on another checkpoint file than the one stored) or damaged (a stored file missing, truncated,
+garbled, edited or refused: the file and the reason, and what repairs it). The verdict is
+bench/store_integrity.py's, the one `bench report` and `bench export` use: a stale or damaged run is never
+"finished".
 
-Read from the store and the lock files only; torch is never imported, so `bench status` is instant. A lock is
-probed by trying it without waiting: flock locks die with their process, so a crashed run never looks
-"running". The runner waits a moment for a lock before calling a cell busy, so a probe never makes it skip.
+Read from the store and the lock files only, never written (a read-only store works); torch is never
+imported, so `bench status` is instant. A lock is probed by trying it without waiting, through a read-only
+descriptor (no lock file is created or truncated): flock locks die with their process, so a crashed run never
+looks "running". The runner waits a moment for a lock before calling a cell busy, so a probe never makes it skip.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from filelock import FileLock, Timeout
-
 from bench.fingerprint import mixed_fingerprints_line, recorded_fingerprint
 from bench.health import health_text, run_health
-from bench.store import DONE, FAILED, TRAINED, Store, StoreError, eval_group, inspect_run, read_json
+from bench.store_integrity import run_integrity
+from bench.store import DONE, FAILED, TRAINED, Store, StoreError, eval_group, read_json
 
 if TYPE_CHECKING:
     from bench.config.matrix_cells import Cell
 
-State = Literal["finished", "running", "failed", "pending", "damaged"]
-STATES: tuple[State, ...] = ("finished", "running", "failed", "pending", "damaged")
+State = Literal["finished", "running", "failed", "pending", "stale", "damaged"]
+STATES: tuple[State, ...] = ("finished", "running", "failed", "pending", "stale", "damaged")
+SHOWN_WHEN_ANY = ("stale",)  # counted in the text only when a cell is in it; damaged always (issue 25)
 ATTEMPTS = "attempts.json"  # one entry per time a process took the cell's lock to work on it
 
 
 def lock_held(store: Store, run_id: str) -> bool:
+    """Whether a process holds the cell's lock. Never creates, truncates or writes the lock file (a read-only
+    store works): a shared flock through a read-only descriptor conflicts with the holder's exclusive one."""
     path = store.lock_path(run_id)
     if not path.exists():  # never create a lock file just to look
         return False
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: filelock's own probe
+        return _filelock_held(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # unreadable: nobody we can see holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without flock on read-only descriptors: filelock's probe
+        return _filelock_held(path)
+    finally:
+        os.close(fd)  # closing releases our shared lock
+    return False
+
+
+def _filelock_held(path: Path) -> bool:
+    from filelock import FileLock, Timeout
+
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return True
+    except OSError:
+        return False
     lock.release()
     return False
 
 
+def suite_files(cell: Cell, n: int) -> list[tuple[str, str]]:
+    """(group, attack) of every eval file a cell's suite stores on `n` test points, its worst rows included."""
+    eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
+    return [(eval_group(c, cell.eval.threat_model, eps, n, cell.eval.precision), a)
+            for c in cell.eval.checkpoints for a in (*cell.eval.attacks, "worst")]
+
+
 def is_complete(store: Store, cell: Cell, n_test: int | None = None,
-                problems: list[StoreError] | None = None) -> bool:
-    """DONE written, every (checkpoint, attack) of the cell's eval suite stored, and no stored file damaged or
-    stale (`problems`: inspect_run's, when already known). `n_test`: the number of test points once the data
+                problems: list[StoreError] | tuple[StoreError, ...] | None = None) -> bool:
+    """DONE written, every (checkpoint, attack) of the cell's eval suite stored, and no integrity problem
+    (`problems`: run_integrity's, when already known). `n_test`: the number of test points once the data
     is loaded (the whole test set, or fewer than --test-subset asked for)."""
     run_id = cell.train.run_id
     if not store.has(run_id, DONE):
         return False
-    if (inspect_run(store, run_id) if problems is None else problems):
+    if (run_integrity(store, run_id).problems if problems is None else problems):
         return False
-    eps = cell.train.eps if cell.eval.eps is None else cell.eval.eps
     n = n_test if n_test is not None else cell.eval.test_subset
     if n is None:  # the whole test set, size unknown without the data: trust DONE
         return True
-    return all(store.eval_path(run_id, eval_group(c, cell.eval.threat_model, eps, n, cell.eval.precision), a).exists()
-               for c in cell.eval.checkpoints for a in cell.eval.attacks)
+    return all(store.eval_path(run_id, g, a).exists() for g, a in suite_files(cell, n) if a != "worst")
 
 
 IDENTITY = ("method", "train_attack", "dataset", "model", "seed", "epochs")  # of the training config
@@ -139,21 +175,14 @@ def cell_status(store: Store, run_id: str, cell: Cell | None = None, n_test: int
 
     if lock_held(store, run_id):
         return status("running", f"lock held; {progress}")
-    problems = inspect_run(store, run_id)
-    damaged = [p for p in problems if p.kind != "stale"]
-    if damaged:
-        first = damaged[0]
-        more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        name = first.path.relative_to(run_dir) if first.path.is_relative_to(run_dir) else first.path
-        return status("damaged", f"{name}: {first.reason}{more}")
-    if store.has(run_id, DONE) and not problems and (cell is None or is_complete(store, cell, n_test, problems)):
+    verdict = run_integrity(store, run_id)
+    why = "; ".join(t for t in (verdict.detail(run_dir), verdict.repair) if t)
+    if verdict.verdict in ("damaged", "stale") and (verdict.verdict == "damaged" or store.has(run_id, DONE)):
+        return status(verdict.verdict, why)
+    if verdict.usable and (cell is None or is_complete(store, cell, n_test, verdict.problems)):
         return status("finished", "")
     if store.has(run_id, FAILED):
         return status("failed", *_failure(run_dir))
-    if store.has(run_id, DONE) and problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        return status("pending", f"stale evaluation {problems[0].path.relative_to(run_dir)}: "
-                                 f"{problems[0].reason}{more}")
     if store.has(run_id, DONE):
         return status("pending", "evaluation of new attacks missing")
     if not run_dir.exists():
@@ -196,5 +225,5 @@ def fingerprint_line(rows: list[CellStatus]) -> str:
 
 
 def counts(rows: list[CellStatus]) -> str:
-    """'N finished, N running, N failed, N pending', then ', N damaged' when any is."""
-    return ", ".join(f"{n} {st}" for st, n in tally(rows).items() if st != "damaged" or n)
+    """'N finished, N running, N failed, N pending', ', N stale' when any is, ', N damaged'."""
+    return ", ".join(f"{n} {st}" for st, n in tally(rows).items() if st not in SHOWN_WHEN_ANY or n)

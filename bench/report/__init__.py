@@ -8,7 +8,9 @@ The package, bottom to top (each module imports only the ones above it in this l
   settings and variants the tables are made of (`build_settings`), labels and LaTeX escaping;
 - stats.py: mean and spread over seeds, bootstrap intervals, the gaps to a baseline (bench.stats.paired_gap);
 - tables.py and plots.py: the tables (LaTeX, Markdown, CSV) and the figures (matplotlib);
-- document.py: every output file of a report, report.tex and its compilation, summary.md;
+- captions.py, figures.py: the figures' captions, and their files (per setting; the training ones once);
+- html.py: report.html, the self-contained page;
+- document.py: every output file of a report, report.tex and its compilation, summary.md, report.html;
 - here: `write_report`, the entry point of `bench report`.
 """
 from __future__ import annotations
@@ -16,31 +18,47 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config.names import UsageError
-from bench.report.frame import (Selection, atomic_output, build_settings, load_frame, parse_selection, report_rows,
-                                select)
+from bench.store_integrity import RunsRefused, check_store, refusal_lines
+from bench.report.frame import (Selection, atomic_output, build_settings, hold_folder, load_frame, parse_selection,
+                                report_rows, select, sweep_temp_files)
 from bench.store import Store
 
-__all__ = ["Selection", "load_frame", "parse_selection", "write_report"]
+__all__ = ["RunsRefused", "Selection", "load_frame", "parse_selection", "write_report"]
 
 
-def write_report(results: str | Path, out: str | Path, selection: Selection = Selection()) -> dict[str, Path]:
-    """Everything under `out`: results.csv (every row of the store, all checkpoints, without flags),
-    flags.csv.gz (the per-test-point robust flags of the rows behind the tables), the tables of the selection
-    (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is installed), summary.md.
-    Returns {name: path} of what was written. Bad selections raise UsageError before anything is written."""
+def write_report(results: str | Path, out: str | Path, selection: Selection = Selection(),
+                 skip_damaged: bool = False) -> dict[str, Path]:
+    """Everything under `out`: results.csv (every row of the store's usable runs, all checkpoints, without
+    flags), flags.csv.gz (the per-test-point robust flags of the rows behind the tables), the tables of the
+    selection (tex/csv/md), the figures (pdf/png), report.tex and report.pdf (when pdflatex is installed),
+    summary.md. Returns {name: path} of what was written. Bad selections raise UsageError before anything is
+    written; a finished run that is stale or damaged (bench/store_integrity.py) raises RunsRefused naming it,
+    unless `skip_damaged` leaves it out (summary.md and report.tex then say which and why)."""
     from bench.report.document import write_flags, write_outputs  # matplotlib: loaded only when a report is written
 
-    df = load_frame(results)
+    store = Store(results)
+    verdicts = check_store(store)
+    unusable = {r: v for r, v in verdicts.items() if not v.usable}
+    if unusable and not skip_damaged:
+        n = len(unusable)
+        raise RunsRefused("\n".join([f"{n} finished run{'s' if n > 1 else ''} cannot be used (stale or damaged "
+                                     "stored results); `bench report --skip-damaged` leaves them out and says so in "
+                                     "the report:", *refusal_lines(store, unusable)]))
+    df = load_frame(results, run_ids=[r for r, v in verdicts.items() if v.usable])
     if df.empty:
-        raise UsageError(f"No finished runs in {results}: run `bench run` first (or point --results at a store).")
+        left = f" ({len(unusable)} left out by --skip-damaged)" if unusable else ""
+        raise UsageError(f"No finished runs in {results}{left}: run `bench run` first (or point --results at a store).")
     chosen, baseline_pool = select(df, selection, results)
-    settings = build_settings(Store(results), chosen, baseline_pool, selection)
+    settings = build_settings(store, chosen, baseline_pool, selection)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = {"results.csv": out / "results.csv"}
-    cols = [c for c in df.columns if c != "flags"]
-    with atomic_output(written["results.csv"]) as tmp:
-        df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(tmp, index=False)
-    written["flags.csv.gz"] = write_flags(report_rows(chosen, baseline_pool, settings), out / "flags.csv.gz")
-    written.update(write_outputs(settings, selection, out))
+    sweep_temp_files(out)  # the temporary files of a report killed mid-write
+    with hold_folder(out):
+        written = {"results.csv": out / "results.csv"}
+        cols = [c for c in df.columns if c != "flags"]
+        with atomic_output(written["results.csv"]) as tmp:
+            df[cols].sort_values(["method", "train_attack", "seed", "checkpoint", "eval_attack"]).to_csv(tmp,
+                                                                                                          index=False)
+        written["flags.csv.gz"] = write_flags(report_rows(chosen, baseline_pool, settings), out / "flags.csv.gz")
+        written.update(write_outputs(settings, selection, out, left_out=refusal_lines(store, unusable, brief=True)))
     return written

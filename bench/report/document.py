@@ -1,22 +1,26 @@
-"""Write every output of `bench report` for a list of settings: the tables (tex/md/csv), the figures
-(pdf/png), a standalone LaTeX document that includes them all (compiled with pdflatex when installed), and
-summary.md, a Markdown page to paste into a README or a pull request."""
+"""Write every output of `bench report` for a list of settings: the tables (tex/md/csv, numbers rounded to what
+they mean), the figures (pdf/png: figures.py), a standalone LaTeX document that includes them all (compiled with
+pdflatex when installed), summary.md, a Markdown page to paste into a README or a pull request, and report.html,
+one self-contained page to share (html.py). The same store gives the same bytes in every file."""
 from __future__ import annotations
 
 import gzip
 import io
 import logging
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-import bench.report.plots as plots
+import bench.report.figures as figures
+import bench.report.html as html_report
 import bench.report.tables as tables
 from bench.report.frame import (FLAG_ID_COLUMNS, Selection, Setting, atomic_output, attack_label, baseline_for,
                                 method_label, tex_escape)
-from bench.report.stats import attack_ranks, best_before_reweighting, cell_stats, gap_stats, guard_stats, verdict
+from bench.report.stats import best_before_reweighting, cell_stats, gap_stats, guard_stats, verdict
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,17 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{longtable}
 \usepackage{graphicx}
 \usepackage[font=small,labelfont=bf]{caption}
+\pdftrailerid{}
+\pdfinfoomitdate=1
+\renewcommand{\topfraction}{0.9}
+\renewcommand{\bottomfraction}{0.8}
+\renewcommand{\textfraction}{0.07}
+\renewcommand{\floatpagefraction}{0.75}
+\setcounter{topnumber}{3}
+\setcounter{totalnumber}{6}
 \title{Adversarial training: seen versus unseen attacks}
 \author{lrat-bench}
+\date{}
 \begin{document}
 \maketitle
 """
@@ -37,12 +50,6 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 
 class ReportError(RuntimeError):
     """The report could not be completed (pdflatex failed on the generated document)."""
-
-
-def _figure_tex(path: Path, caption: str) -> str:
-    return "\n".join([r"\begin{figure}[htbp]", r"\centering",
-                      rf"\includegraphics[width=\linewidth,height=0.75\textheight,keepaspectratio]{{{path.name}}}",
-                      rf"\caption{{{caption}}}", r"\end{figure}", ""])
 
 
 def _attacks_md(csv: str) -> str:
@@ -122,15 +129,26 @@ def setting_answer(setting: Setting, gaps: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, str, list[str]]:
-    """Tables and figures of one setting; returns (written files, LaTeX body, Markdown body, Answer lines)."""
+@dataclass(frozen=True)
+class SettingOutput:
+    """What one setting adds to a report: its files, its part of report.tex, summary.md and report.html, and its
+    Answer lines."""
+
+    files: dict[str, Path]
+    tex: str
+    md: str
+    html: str
+    answer: list[str]
+
+
+def write_setting(setting: Setting, out: Path) -> SettingOutput:
+    """Tables and figures of one setting."""
     s, written = setting.slug, {}
     sel_tex, sel_md = setting.describe(True), setting.describe(False)
     cells = cell_stats(setting)
     baselines = [v for v in setting.variants if v.method == setting.baseline]
     gaps, per_attack = gap_stats(setting, lambda v: baseline_for(v, baselines))
     guards = guard_stats(setting)
-    hist = plots.history_frame(setting)
     base_name = method_label(setting.baseline)
 
     def emit(name: str, tex: str, md: str, frame: pd.DataFrame) -> None:
@@ -138,10 +156,12 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
             written[f"{name}{s}.{ext}"] = write_text(out / f"{name}{s}.{ext}", text)
         written[f"{name}{s}.csv"] = out / f"{name}{s}.csv"
         with atomic_output(written[f"{name}{s}.csv"]) as tmp:
-            frame.to_csv(tmp, index=False)
+            tables.round_frame(frame).to_csv(tmp, index=False)
 
-    emit("table", tables.main_table_latex(cells, sel_tex, f"tab:main{s}", _baseline_note(setting, True)),
-         tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False)), cells)
+    emit("table", tables.main_table_latex(cells, sel_tex, f"tab:main{s}",
+                                          _baseline_note(setting, True) + tables.worst_note(setting, True)),
+         tables.main_table_markdown(cells, sel_md, _baseline_note(setting, False) + tables.worst_note(setting, False)),
+         cells)
     emit("guards", tables.guard_table_latex(guards, sel_tex, f"tab:guards{s}"),
          tables.guard_table_markdown(guards, sel_md), tables.guard_frame(guards))
     emit("health", tables.health_table_latex(setting, sel_tex, f"tab:health{s}"),
@@ -166,65 +186,13 @@ def write_setting(setting: Setting, out: Path) -> tuple[dict[str, Path], str, st
         body_md += ["### Gap to the baseline", "", written[f"gap_table{s}.md"].read_text(),
                     "### Gap per attack", "", written[f"attack_gaps{s}.md"].read_text()]
 
-    for name, fig, caption in _figures(setting, cells, gaps, hist, out, written):
-        pdf, png = plots.save(fig, out / f"{name}{s}")
-        written[pdf.name], written[png.name] = pdf, png
-        body_tex.append(_figure_tex(pdf, caption))
-        body_md.append(f"![{name.removeprefix('fig_')}]({png.name})")
-    body_tex.append(r"\clearpage")
-    return written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n", setting_answer(setting, gaps)
-
-
-def _figures(setting: Setting, cells: pd.DataFrame, gaps: pd.DataFrame, hist: pd.DataFrame, out: Path,
-             written: dict[str, Path]) -> list[tuple[str, object, str]]:
-    """(file stem, figure, LaTeX caption) of each figure the setting has data for; the attack ranks' CSV is
-    written (into `written`) beside them."""
-    s, sel_tex, base_name = setting.slug, setting.describe(True), method_label(setting.baseline)
-    seeds = tables.count_text(cells.groupby("variant")["n_seeds"].max().tolist(), "seed")
-    figures = [("fig_heatmap", plots.heatmap_figure(cells),
-                f"Accuracy (\\%) per training attack (rows) and evaluation attack (columns), one panel per method, "
-                f"mean over {seeds} on {sel_tex}, {setting.n_points} test points. $\\dagger$: seen attack, $\\ddagger$: "
-                f"related attack. The colour "
-                f"scale spans the attacked columns; natural accuracy saturates it.")]
-    ranks = attack_ranks(cells)
-    if ranks["eval_attack"].nunique() >= 2:  # one attack has nothing to be ranked against
-        written[f"attack_rank{s}.csv"] = out / f"attack_rank{s}.csv"
-        with atomic_output(written[f"attack_rank{s}.csv"]) as tmp:
-            ranks.to_csv(tmp, index=False)
-        figures.append(("fig_attack_rank", plots.attack_rank_figure(ranks),
-                        f"Which evaluation attack is strongest depends on the training (the LRAT paper's Fig.~2): "
-                        f"for each method and training attack (rows), the evaluation attacks (columns) ranked by the "
-                        f"accuracy they leave, rank 1 = the strongest attack (the lowest accuracy), ties sharing the "
-                        f"lower rank. Each cell: the rank and the accuracy (\\%), mean over {seeds} on the "
-                        f"{setting.n_points} test points. Natural accuracy and the per-example worst case are not "
-                        f"attacks and are not ranked. $\\dagger$: seen attack, $\\ddagger$: related attack. "
-                        f"{sel_tex}."))
-    if not gaps.empty:
-        figures.append(("fig_gap", plots.gap_figure(gaps, setting.baseline),
-                        f"Gap to the baseline ({base_name}) on seen and related attacks, and on unseen attacks (mean "
-                        f"and per-example worst case), over seed-matched runs ({seeds} per row); bars: 95\\% "
-                        f"bootstrap intervals over the {setting.n_points} test points. {sel_tex}."))
-    if not hist.empty:
-        figures.append(("fig_curves", plots.curves_figure(hist),
-                        f"Training curves: natural and PGD-10 accuracy on the validation split after each epoch, "
-                        f"mean over {seeds} (band: min to max). {sel_tex}."))
-        weights = plots.weights_figure(hist)
-        if weights is not None:
-            if plots.weights_kind(hist) == "relative":
-                what = ("relative weight (an instance's total weight over its loss terms divided by the batch "
-                        "mean of totals: 1 = the batch mean; LRAT: anchor and variant coefficients summed)")
-                last = "relative weights $\\geq 3$"
-            else:
-                what = ("raw weight (these histories predate relative weights: GAIRAT's are relative already, "
-                        "MAIL's are not batch-normalised, LRAT's are its variant coefficients)")
-                last = "weights $\\geq 4$"
-            figures.append(("fig_weights", weights,
-                            "Instance weights of the reweighted methods over training (the LRAT paper's Fig.~1a "
-                            f"from our runs), as {what}: (a) share of instances below 0.2 per epoch, mean over "
-                            f"{seeds} per row; then per method the histogram at the first, middle and last "
-                            f"reweighted epoch, pooled over seeds (last bin: {last}). {sel_tex}."))
-    return figures
-
+    shown = figures.setting_figures(setting, cells, gaps, out, written)
+    body_tex.append(figures.figures_tex(shown))
+    body_md += figures.figures_md(shown)
+    page = html_report.setting_section(setting, cells, gaps, per_attack, guards, _baseline_note(setting, False)
+                                       + tables.worst_note(setting, False), shown)
+    return SettingOutput(written, "\n".join(body_tex) + "\n", "\n".join(body_md) + "\n", page,
+                         setting_answer(setting, gaps))
 
 
 def write_flags(rows: pd.DataFrame, path: Path) -> Path:
@@ -271,11 +239,14 @@ def compile_pdf(tex: Path) -> Path | None:
         return None
     job = f"{tex.stem}-build"
     pdf, build_log = tex.with_suffix(".pdf"), tex.with_name(job + ".log")
+    # A fixed date (the caller's SOURCE_DATE_EPOCH, else 0) and \pdftrailerid{} in the preamble: same report.tex,
+    # same PDF bytes.
+    env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "0"), "FORCE_SOURCE_DATE": "1"}
     for _ in range(MAX_LATEX_RUNS):
         try:
             proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",
                                    f"-jobname={job}", tex.name], cwd=tex.parent, capture_output=True, text=True,
-                                  timeout=300)
+                                  timeout=300, env=env)
         except subprocess.TimeoutExpired:
             pdf.unlink(missing_ok=True)
             raise ReportError(f"pdflatex did not finish {tex} within 300 s (log: {build_log})") from None
@@ -313,23 +284,50 @@ def answer_section(answers: list[tuple[Setting, list[str]]], selection: Selectio
     return "\n".join(tex) + "\n\\clearpage\n", "\n".join(md) + "\n"
 
 
-def write_outputs(settings: list[Setting], selection: Selection, out: Path) -> dict[str, Path]:
+def left_out_note(left_out: list[str]) -> tuple[str, str]:
+    """(LaTeX, Markdown) of the runs `--skip-damaged` left out, one per line with why; ("", "") for none."""
+    if not left_out:
+        return "", ""
+    head = (f"Left out by `--skip-damaged` ({len(left_out)} finished run{'s' if len(left_out) > 1 else ''} whose "
+            "stored results cannot be used; `bench status` says what repairs each):")
+    md = "\n".join([f"**{head}**", "", *[f"- {line}" for line in left_out], "", ""])
+    def tex(text: str) -> str:  # no backquotes (opening quotes in LaTeX), "--" not an en dash, ASCII only
+        return tex_escape(text.replace("`", "")).replace("--", "-{}-").encode("ascii", "replace").decode("ascii")
+    return "\n".join([rf"\paragraph{{{tex(head)}}}", r"\begin{itemize}",
+                      *[rf"\item {tex(line)}" for line in left_out], r"\end{itemize}", ""]), md
+
+
+TITLE = "Adversarial training: seen versus unseen attacks"
+
+
+def _training_part(shown: list[figures.Shown]) -> tuple[str, str, str]:
+    """(LaTeX, Markdown, HTML) of the training figures, shown once after the settings; empty without any."""
+    if not shown:
+        return "", "", ""
+    return (r"\section*{Training}" + "\n" + figures.figures_tex(shown), "## Training\n\n"
+            + "\n".join(figures.figures_md(shown)) + "\n", "<h2>Training</h2>\n" + html_report.figures(shown))
+
+
+def write_outputs(settings: list[Setting], selection: Selection, out: Path,
+                  left_out: list[str] | None = None) -> dict[str, Path]:
+    """Every file of the report; `left_out`: one line per run `--skip-damaged` left out, said in both documents."""
     written: dict[str, Path] = {}
-    tex_parts, md_parts, answers = [], [], []
-    for setting in sorted(settings, key=lambda st: -st.n_points):  # the most test points answer first
-        files, tex, md, answer = write_setting(setting, out)
-        written.update(files)
-        tex_parts.append(tex)
-        md_parts.append(md)
-        answers.append((setting, answer))
-    answer_tex_part, answer_md = answer_section(answers, selection)
+    left_tex, left_md = left_out_note(left_out or [])
+    ordered = sorted(settings, key=lambda st: -st.n_points)  # the most test points answer first
+    parts = [write_setting(setting, out) for setting in ordered]
+    for part in parts:
+        written.update(part.files)
+    train_tex, train_md, train_html = _training_part(figures.training_figures(ordered, out, written))
+    answer_tex_part, answer_md = answer_section([(st, part.answer) for st, part in zip(ordered, parts)], selection)
     doc = written["report.tex"] = write_text(out / "report.tex",
-                                             PREAMBLE + answer_tex_part + "\n".join(tex_parts) + "\\end{document}\n")
-    written["summary.md"] = write_text(out / "summary.md",
-                                       "# Adversarial training: seen versus unseen attacks\n\n"
-                                       f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
-                                       f"{method_label(selection.baseline)}).\n\n" + answer_md + "\n"
-                                       + "\n".join(md_parts))
+                                             PREAMBLE + left_tex + answer_tex_part + "\n".join(p.tex for p in parts)
+                                             + train_tex + "\\end{document}\n")
+    head_md = (f"Generated by `bench report` ({selection.checkpoint} checkpoints, baseline "
+               f"{method_label(selection.baseline)}).\n\n" + left_md + answer_md)
+    written["summary.md"] = write_text(out / "summary.md", f"# {TITLE}\n\n" + head_md + "\n"
+                                       + "\n".join(p.md for p in parts) + train_md)
+    written["report.html"] = write_text(out / "report.html",
+                                        html_report.page(TITLE, head_md, [p.html for p in parts] + [train_html]))
     if selection.compile_pdf:
         pdf = compile_pdf(doc)
         if pdf is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,9 @@ from bench.store import Store, atomic_path
 log = logging.getLogger(__name__)
 
 __all__ = ["FLAG_ID_COLUMNS", "Selection", "Setting", "Variant", "atomic_output", "attack_label", "attack_order",
-           "baseline_for", "build_settings", "build_variants", "eps_text", "flag_matrix", "load_frame", "method_label",
-           "parse_selection", "report_rows", "row_guards", "row_label", "row_relations", "select", "setting_slug",
-           "tex_escape"]
+           "baseline_for", "build_settings", "build_variants", "eps_text", "flag_matrix", "hold_folder", "load_frame",
+           "method_label", "parse_selection", "report_rows", "row_guards", "row_label", "row_relations", "select",
+           "setting_slug", "sweep_temp_files", "tex_escape"]
 
 # Per-run config keys that are not part of a variant: they define the setting, or they are the seed.
 NOT_VARIANT_KEYS = ("seed", "dataset", "model")
@@ -75,10 +77,54 @@ def atomic_output(path: Path) -> Iterator[Path]:
         yield tmp
 
 
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # store_files._create_temp's .<name>.<8 hex digits>.tmp
+
+
+def sweep_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary files a report killed mid-write left in `folder` (only names of atomic_output's
+    own pattern), under an exclusive flock on the folder: a report writing into it right now holds it shared
+    (`hold_folder`), so its temporary files are never taken from under it."""
+    removed = []
+    with _folder_lock(folder, exclusive=True):
+        for path in folder.iterdir():
+            if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def hold_folder(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """A shared flock on `folder` while a report writes into it (see `sweep_temp_files`)."""
+    return _folder_lock(folder, exclusive=False)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
+    """flock on the folder itself (no lock file); a no-op where flock is missing or refused."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def eps_text(eps: float) -> str:
-    """0.0313725 -> '8/255' (the way papers write it); other budgets as short decimals."""
+    """8/255 -> '8/255' (the way papers write it); other budgets as the shortest decimal that reads back as the
+    same float ('0.1', '0.10001'), so two settings with different budgets never share a title."""
     k = eps * 255
-    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+    if eps > 0 and abs(k - round(k)) < 1e-9 * max(k, 1.0):
+        return f"{round(k)}/255"
+    short = f"{eps:.4g}"
+    return short if float(short) == eps else repr(float(eps))
 
 
 def flag_matrix(flags: Sequence[str]) -> np.ndarray:
@@ -157,6 +203,11 @@ class Setting:
         eps = f"$\\epsilon = {eps_text(self.eps)}$" if tex else f"ε = {eps_text(self.eps)}"
         ckpt = {"best": "best checkpoint (highest validation PGD accuracy)", "last": "last-epoch checkpoint"}.get(
             self.checkpoint, f"checkpoint after epoch {self.checkpoint[5:]}")
+        external = [v for v in self.variants if v.train_attack == EXTERNAL]
+        if external and len(external) == len(self.variants):  # no checkpoint of ours was selected here
+            ckpt = "external model" if len(external) == 1 else "external models"
+        elif external:
+            ckpt += ", external models as evaluated"
         threat = {"linf": "$\\ell_\\infty$" if tex else "L∞", "l2": "$\\ell_2$" if tex else "L2"}.get(
             self.threat_model, self.threat_model)
         name = f"{self.dataset}, {self.model}" + (f" ({self.filters})" if self.filters else "")
@@ -206,8 +257,13 @@ def parse_selection(*, checkpoint: str = "best", datasets: str = "", models: str
                      baseline=METHOD_ALIASES.get(baseline.lower(), baseline.lower()), compile_pdf=compile_pdf)
 
 
-def load_frame(results: str | Path, with_flags: bool = True) -> pd.DataFrame:
-    return pd.DataFrame(Store(results).load_rows(with_flags=with_flags))
+def load_frame(results: str | Path, with_flags: bool = True, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The rows of the store's finished runs (DONE), or of `run_ids` only (the usable ones:
+    bench/store_integrity.py)."""
+    store = Store(results)
+    if run_ids is None:
+        return pd.DataFrame(store.load_rows(with_flags=with_flags))
+    return pd.DataFrame([row for r in sorted(run_ids) for row in store.iter_evals(r, with_flags)])
 
 
 def select(df: pd.DataFrame, sel: Selection, results: str | Path = "the store") -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from bench.report.frame import Setting, atomic_output, attack_label, attack_order, method_label
@@ -35,6 +36,14 @@ REL_HIST_EDGES = [round(0.1 * i, 1) for i in range(31)]
 LOW_WEIGHT = 0.2
 GAP_KINDS = (("seen", "seen attacks"), ("related", "related attacks"), ("unseen_mean", "unseen attacks (mean)"),
              ("unseen_worst", "unseen attacks (worst case)"))
+COLOURS = tuple(matplotlib.colormaps["tab10"].colors)
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D")
+# The histograms' first, middle and last reweighted epoch: later is darker and more solid.
+EPOCH_STYLES = ({"color": "#9ecae1", "linestyle": ":"}, {"color": "#4292c6", "linestyle": "--"},
+                {"color": "#08306b", "linestyle": "-"})
+# No creation date in the PDF (matplotlib writes one by default): the same store gives byte-identical figures.
+SAVE_METADATA = {"pdf": {"CreationDate": None}, "png": {}}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -43,13 +52,29 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def series_style(i: int) -> dict:
+    """The i-th series' colour, line style and marker: tab10's ten colours solid with round markers, then the same
+    colours dashed with squares, dash-dotted with triangles, dotted with diamonds. Two series share a colour only
+    with another line style and marker (40 series before any look repeats); the same order gives the same looks."""
+    k = (i // len(COLOURS)) % len(LINESTYLES)
+    return {"color": COLOURS[i % len(COLOURS)], "linestyle": LINESTYLES[k], "marker": MARKERS[k]}
+
+
+def _legend_columns(fig: Figure, entries: int) -> int:
+    """Columns that keep a legend of `entries` at fontsize 7 within the figure's height."""
+    per_column = max(1, int((fig.get_figheight() - 0.5) / 0.17))
+    return max(1, math.ceil(entries / per_column))
+
+
 def save(fig: Figure, stem: Path) -> list[Path]:
     """`stem`.pdf and `stem`.png. The suffixes are appended, never put in place of one (Path.with_suffix):
-    a stem may contain a dot, e.g. a budget, and everything after it would be lost."""
+    a stem may contain a dot, e.g. a budget, and everything after it would be lost. The constrained layout keeps
+    every label inside the canvas; bbox_inches="tight" trims the margin around it. Same figure, same bytes."""
     paths = [stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")]
     for p in paths:
+        fmt = p.suffix[1:]
         with atomic_output(p) as tmp:  # written whole or not at all; the format from the real name
-            fig.savefig(tmp, dpi=150, format=p.suffix[1:])
+            fig.savefig(tmp, dpi=150, format=fmt, metadata=SAVE_METADATA[fmt], bbox_inches="tight", pad_inches=0.05)
     return paths
 
 
@@ -60,15 +85,39 @@ def _row_name(variant: str) -> str:
     return (head.lstrip("(") + tail).strip()
 
 
+HEATMAP_CELL = 0.5  # inches per column, about: every panel's cells are square, so its height follows its rows
+
+
+def _heatmap_size(rows: list[int], n_attacks: int, ncols: int) -> tuple[float, list[int], float, float]:
+    """(ncols, each grid row's height in heatmap rows, width, height) of a panel grid `ncols` panels wide."""
+    tall = [max(rows[i:i + ncols]) for i in range(0, len(rows), ncols)]
+    # Rows get a little more height than the width gives a cell (about 0.5 in plus the labels' slack shared by
+    # the columns), so the width decides every panel's cell size alike.
+    row = 0.6 + 0.6 / n_attacks
+    width, height = ncols * (HEATMAP_CELL * n_attacks + 1.5) + 0.4, sum(row * t + 1.35 for t in tall) + 0.8
+    return ncols, tall, width, height
+
+
+def _heatmap_axes(fig: Figure, rows: list[int], n_attacks: int) -> list:
+    """One axes per method, up to three to a grid row (as many as bring the figure nearest a 3:2 page, where it
+    reads at half a page's width); each grid row as tall as its most-rowed panel, each panel's cells square
+    (imshow's equal aspect: a one-row panel stays one row high, top-aligned with its neighbours)."""
+    options = [_heatmap_size(rows, n_attacks, k) for k in range(1, min(len(rows), 3) + 1)]
+    ncols, tall, width, height = min(options, key=lambda o: abs(math.log(o[2] / o[3] / 1.5)))
+    fig.set_size_inches(width, height)
+    grid = fig.add_gridspec(len(tall), ncols, height_ratios=tall)
+    axes = [fig.add_subplot(grid[i // ncols, i % ncols]) for i in range(len(rows))]
+    for ax in axes:
+        ax.set_anchor("N")
+    return axes
+
+
 def heatmap_figure(cells: pd.DataFrame) -> Figure:
     """One heatmap per method (rows: its training attacks, columns: eval attacks), one shared colour scale."""
     methods = list(dict.fromkeys(cells["method"]))
     attacks = attack_order(cells["eval_attack"].unique())
-    ncols = min(len(methods), 3)
-    nrows = math.ceil(len(methods) / ncols)
-    rows_max = max(cells.groupby("method")["variant"].nunique())
-    fig = _figure(ncols * (0.62 * len(attacks) + 1.6) + 1.0, nrows * (0.45 * rows_max + 1.9))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig = _figure(1.0, 1.0)
+    axes = _heatmap_axes(fig, [cells.loc[cells["method"] == m, "variant"].nunique() for m in methods], len(attacks))
     # The colour scale spans the attacked columns: natural accuracy, far above, would flatten their contrast
     # (natural cells saturate; their numbers are printed in them).
     attacked = cells.loc[cells["eval_attack"] != "natural", "mean"]
@@ -87,16 +136,16 @@ def heatmap_figure(cells: pd.DataFrame) -> Figure:
             mark = {"seen": "†", "related": "‡"}.get(c.get("relation", ""), "")
             ax.text(j, i, f"{c['mean']:.1f}{mark}", ha="center", va="center", fontsize=7,
                     color="black" if shade > 0.6 else "white")
-        image = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
+        image = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", aspect="equal")
         ax.set_xticks(range(len(attacks)), [attack_label(a) for a in attacks], rotation=45, ha="right",
                       fontsize=8)
         ax.set_yticks(range(len(variants)), [_row_name(v) for v in variants], fontsize=8)
         ax.set_title(method_label(method))
         ax.set_xlabel("evaluation attack")
-        ax.set_ylabel("training attack")
-    for ax in axes[len(methods):]:
-        ax.remove()
-    fig.colorbar(image, ax=list(axes[:len(methods)]), label="accuracy (%)", shrink=0.9)
+        ax.set_ylabel("training\nattack")  # two lines: a one-row panel is shorter than one
+    # Below the panels: beside them it would be as short as a one-row panel.
+    fig.colorbar(image, ax=axes, label="accuracy (%)", location="bottom", shrink=0.5, aspect=40, panchor=False,
+                 fraction=0.25 / fig.get_figheight())  # about a quarter inch high, however tall the panels
     return fig
 
 
@@ -134,6 +183,12 @@ def attack_rank_figure(ranks: pd.DataFrame) -> Figure:
     return fig
 
 
+def gap_kinds(gaps: pd.DataFrame) -> list[tuple[str, str]]:
+    """(key, legend label) of the GAP_KINDS some row has a value for: fig_gap's bars and legend, and its caption."""
+    return [(key, label) for key, label in GAP_KINDS
+            if f"{key}_gap" in gaps and np.isfinite(gaps[f"{key}_gap"].to_numpy(float)).any()]
+
+
 def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
     """Grouped bars per variant: gap to its baseline on seen, related, unseen (mean) and unseen (worst case)
     attacks, with 95% bootstrap intervals. Missing values (e.g. no seen attack evaluated) draw no bar; a kind
@@ -141,8 +196,7 @@ def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
     fig = _figure(max(5.0, 1.1 * len(gaps) + 2.5), 3.8)
     ax = fig.subplots()
     x = np.arange(len(gaps))
-    kinds = [(key, label) for key, label in GAP_KINDS
-             if f"{key}_gap" in gaps and np.isfinite(gaps[f"{key}_gap"].to_numpy(float)).any()]
+    kinds = gap_kinds(gaps)
     width = 0.8 / max(1, len(kinds))
     for k, (key, label) in enumerate(kinds):
         vals = gaps[f"{key}_gap"].to_numpy(float)
@@ -152,39 +206,57 @@ def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, gaps["variant"].tolist(), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("gap to baseline (accuracy points)")
-    ax.set_title(f"Gap to the baseline ({method_label(baseline)}) with 95% intervals")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Gap to the baseline ({method_label(baseline)}) with 95% intervals", fontsize=10)
+    fig.legend(loc="outside right upper", fontsize=8)  # outside the bars
     return fig
 
 
 def history_frame(setting: Setting) -> pd.DataFrame:
-    """Per-epoch histories of every run of the setting, tidy: variant, seed, epoch, val_natural, val_pgd,
+    """Per-epoch histories of every run of the setting, tidy: variant, run_id, seed, epoch, val_natural, val_pgd,
     and for reweighted methods w_frac_below_0.2 and w_hist (raw), rw_frac_below_0.2 and rw_hist (relative)."""
     rows = []
     for v in setting.variants:
         for seed, run in zip(v.seeds, v.run_ids):
-            rows += [{"variant": v.label, "method": v.method, "seed": seed, **h}
+            rows += [{"variant": v.label, "method": v.method, "run_id": run, "seed": seed, **h}
                      for h in setting.histories.get(run, [])]
     return pd.DataFrame(rows)
 
 
+def training_history(settings: list[Setting]) -> pd.DataFrame:
+    """The histories of every run of a report, each run once however many settings evaluate it: training does
+    not depend on the test points. Labels name the dataset and model when the runs have several."""
+    frames = [history_frame(s).assign(where=f"{s.dataset}, {s.model}", setting=k) for k, s in enumerate(settings)]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    hist = pd.concat(frames, ignore_index=True)
+    first = hist.groupby("run_id")["setting"].transform("min")  # a run is drawn from its first setting only
+    hist = hist[hist["setting"] == first]
+    if hist["where"].nunique() > 1:
+        hist = hist.assign(variant=hist["variant"] + ", " + hist["where"])
+    return hist.drop(columns=["where", "setting"]).reset_index(drop=True)
+
+
 def curves_figure(hist: pd.DataFrame) -> Figure:
-    """Validation natural and PGD accuracy per epoch: mean over seeds, min-max band when several."""
+    """Validation natural and PGD accuracy per epoch: mean over seeds, min-max band when several; one legend
+    for both panels, right of them (`series_style`: colour, then line style and marker, tell 40 series apart)."""
     fig = _figure(10.0, 3.6)
     axes = fig.subplots(1, 2, sharex=True)
     for ax, (col, label) in zip(axes, (("val_natural", "validation natural accuracy (%)"),
                                        ("val_pgd", "validation PGD-10 accuracy (%)"))):
-        for variant, grp in hist.groupby("variant", sort=False):
+        for i, (variant, grp) in enumerate(hist.groupby("variant", sort=False)):
             by_epoch = grp.groupby("epoch")[col]
             epochs = by_epoch.mean().index.to_numpy()
-            (line,) = ax.plot(epochs, 100 * by_epoch.mean().to_numpy(), marker=".", label=variant)
+            (line,) = ax.plot(epochs, 100 * by_epoch.mean().to_numpy(), label=variant, markersize=3.5,
+                              linewidth=1.2, markevery=max(1, len(epochs) // 12), **series_style(i))
             if grp["seed"].nunique() > 1:
                 ax.fill_between(epochs, 100 * by_epoch.min().to_numpy(), 100 * by_epoch.max().to_numpy(),
-                                color=line.get_color(), alpha=0.15, linewidth=0)
+                                color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
-    axes[1].legend(fontsize=7, loc="best")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, ncols=_legend_columns(fig, len(labels)))
     return fig
 
 
@@ -204,10 +276,44 @@ def weights_kind(hist: pd.DataFrame) -> str | None:
     return "relative" if rel in rows and rows[rel].notna().all() else "raw"
 
 
+def _share_panel(ax, rw: pd.DataFrame, variants: list[str], col: str, what: str) -> None:
+    """(a): per variant, the share of instances whose weight is below LOW_WEIGHT, per epoch (mean over seeds)."""
+    for i, variant in enumerate(variants):
+        grp = rw[rw["variant"] == variant].groupby("epoch")[col].mean()
+        ax.plot(grp.index.to_numpy(), 100 * grp.to_numpy(), label=variant, markersize=3.5, linewidth=1.2,
+                **series_style(i))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"instances with {what}\n< {LOW_WEIGHT} (%)", fontsize=9)
+    ax.set_title("(a) share of small weights", fontsize=9)
+    ax.set_ylim(0, 100)
+
+
+def _histogram_panel(ax, grp: pd.DataFrame, variant: str, hist_col: str, edges: list[float], relative: bool) -> None:
+    """One variant's weight histogram at its first, middle and last reweighted epoch (counts pooled over
+    seeds, in % of instances); the overflow bin drawn one step wide."""
+    step = edges[-1] - edges[-2]
+    bin_edges = np.array(edges + [round(edges[-1] + step, 1)])
+    epochs = _hist_epochs(sorted(grp["epoch"].unique())) if len(grp) else []
+    for k, epoch in enumerate(epochs):
+        counts = np.sum([np.asarray(h, float) for h in grp.loc[grp["epoch"] == epoch, hist_col]], axis=0)
+        role = EPOCH_STYLES[2 if k == len(epochs) - 1 else k]  # the last epoch always the darkest
+        ax.stairs(100 * counts / max(counts.sum(), 1), bin_edges, label=f"epoch {epoch}", linewidth=1.2, **role)
+    ax.axvline(LOW_WEIGHT, color="grey", linestyle=":", linewidth=0.8)
+    if relative:
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=0.6)  # the batch mean
+        ax.set_xlabel(f"relative weight\n(1 = batch mean; last bin ≥ {edges[-1]:g})", fontsize=9)
+    else:
+        ax.set_xlabel(f"raw weight (last bin ≥ {edges[-1]:g})", fontsize=9)
+    ax.set_ylabel("instances (%)", fontsize=9)
+    ax.set_title(f"{variant}\nepoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}", fontsize=8)
+
+
 def weights_figure(hist: pd.DataFrame) -> Figure | None:
-    """(a) share of instances with relative weight < 0.2 per epoch, per reweighted variant (mean over seeds),
-    and one panel per reweighted variant with its relative-weight histogram at a few epochs (counts pooled over
-    seeds). Raw weights instead for old histories (`weights_kind`). None when no run recorded weights."""
+    """(a) share of instances with relative weight < 0.2 per epoch, per reweighted variant (mean over seeds), its
+    legend in the panel beside it; then one panel per reweighted variant with its relative-weight histogram at a
+    few epochs (counts pooled over seeds; the epochs in its title, their line styles in the legend panel). Raw
+    weights instead for old histories (`weights_kind`). None when no run recorded weights."""
     kind = weights_kind(hist)
     if kind is None:
         return None
@@ -216,37 +322,26 @@ def weights_figure(hist: pd.DataFrame) -> Figure | None:
     col, hist_col = f"{prefix}_frac_below_{LOW_WEIGHT}", f"{prefix}_hist"
     rw = hist[hist[col].notna()]
     variants = list(dict.fromkeys(rw["variant"]))
-    n = 1 + len(variants)
+    n = 2 + len(variants)  # (a), its legend, the histograms
     ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
-    fig = _figure(3.4 * ncols, 2.9 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    share = axes[0]
-    for variant in variants:
-        grp = rw[rw["variant"] == variant].groupby("epoch")[col].mean()
-        share.plot(grp.index.to_numpy(), 100 * grp.to_numpy(), marker=".", label=variant)
-    share.set_xlabel("epoch")
-    share.xaxis.set_major_locator(MaxNLocator(integer=True))
-    share.set_ylabel(f"instances with {what} < {LOW_WEIGHT} (%)")
-    share.set_title("(a) share of small weights", fontsize=9)
-    share.set_ylim(0, 100)
-    share.legend(fontsize=6)
-    step = edges[-1] - edges[-2]
-    bin_edges = np.array(edges + [round(edges[-1] + step, 1)])  # the overflow bin drawn one step wide
-    for ax, variant in zip(axes[1:], variants):
+    fig = _figure(3.4 * ncols, 2.9 * math.ceil(n / ncols))
+    axes = fig.subplots(math.ceil(n / ncols), ncols, squeeze=False).ravel()
+    _share_panel(axes[0], rw, variants, col, what)
+    _legend_panel(axes[1], *axes[0].get_legend_handles_labels())
+    for ax, variant in zip(axes[2:], variants):
         grp = rw[(rw["variant"] == variant) & rw[hist_col].notna()] if hist_col in rw else rw.iloc[:0]
-        for epoch in _hist_epochs(sorted(grp["epoch"].unique())) if len(grp) else []:
-            counts = np.sum([np.asarray(h, float) for h in grp.loc[grp["epoch"] == epoch, hist_col]], axis=0)
-            ax.stairs(100 * counts / max(counts.sum(), 1), bin_edges, label=f"epoch {epoch}")
-        ax.axvline(LOW_WEIGHT, color="grey", linestyle=":", linewidth=0.8)
-        if relative:
-            ax.axvline(1.0, color="black", linestyle="--", linewidth=0.6)  # the batch mean
-            ax.set_xlabel(f"relative weight (1 = batch mean; last bin: ≥ {edges[-1]:g})")
-        else:
-            ax.set_xlabel(f"raw weight (last bin: ≥ {edges[-1]:g})")
-        ax.set_ylabel("instances (%)")
-        ax.set_title(variant, fontsize=9)
-        ax.legend(fontsize=6)
+        _histogram_panel(ax, grp, variant, hist_col, edges, relative)
     for ax in axes[n:]:
         ax.remove()
     return fig
+
+
+def _legend_panel(ax, handles: list, labels: list[str]) -> None:
+    """The panel beside (a), no data in it: (a)'s variants at the top, the histograms' epoch styles below."""
+    ax.axis("off")
+    variants = ax.legend(handles, labels, loc="upper left", fontsize=7, title="(a)", title_fontsize=7,
+                         frameon=False, ncols=1 if len(labels) <= 8 else 2)
+    ax.add_artist(variants)
+    roles = [Line2D([], [], **style) for style in EPOCH_STYLES]
+    ax.legend(roles, ["first reweighted epoch", "middle", "last"], loc="lower left", fontsize=7,
+              title="histograms", title_fontsize=7, frameon=False)

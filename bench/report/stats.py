@@ -61,6 +61,34 @@ def run_matrix(setting: Setting, variant: Variant, attacks: Sequence[str],
     return seeds, (np.stack(rows) if rows else np.zeros((0, setting.n_points)))
 
 
+def worst_sets(setting: Setting) -> dict[str, frozenset[str] | None]:
+    """Variant label -> the attacks its Worst (the stored per-example worst row) combines: every other attack
+    stored for its runs on these points (natural included), the same for every seed; None when its seeds
+    differ. Variants without a worst row are left out."""
+    per_run: dict[str, set[str]] = {}
+    for run, attack in setting.flags:
+        per_run.setdefault(run, set()).add(attack)
+    out: dict[str, frozenset[str] | None] = {}
+    for v in setting.variants:
+        sets = {frozenset(per_run[r] - {"worst"}) for r in v.run_ids if "worst" in per_run.get(r, ())}
+        if sets:
+            out[v.label] = sets.pop() if len(sets) == 1 else None
+    return out
+
+
+def worst_outliers(setting: Setting) -> tuple[frozenset[str] | None, dict[str, frozenset[str] | None]]:
+    """(the attack set the Worst column compares, {variant label: its own set} of the rows whose Worst is over
+    another set and is shown as --): the set most rows share, the larger on a tie. A Worst is a number only
+    where it is the worst case over the same attacks as the rows it is compared with."""
+    sets = worst_sets(setting)
+    counts: dict[frozenset[str], int] = {}
+    for attack_set in sets.values():
+        if attack_set is not None:
+            counts[attack_set] = counts.get(attack_set, 0) + 1
+    reference = max(counts, key=lambda a: (counts[a], len(a))) if counts else None
+    return reference, {label: a for label, a in sets.items() if a != reference}
+
+
 def cell_stats(setting: Setting) -> pd.DataFrame:
     """One row per (variant, eval attack): accuracy % mean and std over seeds, the bootstrap 95% interval
     over test points (of the seed-averaged accuracy), seeds, points, seen, best-in-column,
@@ -68,10 +96,11 @@ def cell_stats(setting: Setting) -> pd.DataFrame:
     `health_flagged`: likewise the training-health flags of its runs (bench/health.py), and
     `code_fingerprints`: the recorded code fingerprints of its runs (bench/fingerprint.py), sorted."""
     out = []
+    _, outliers = worst_outliers(setting)  # their Worst is over other attacks: no number to compare
     for v in setting.variants:
         for a in setting.attacks:
             seeds, m = run_matrix(setting, v, [a])
-            if not seeds:
+            if not seeds or (a == "worst" and v.label in outliers):
                 continue
             mean, std = mean_std(m.mean(axis=1))
             lo, hi = bootstrap_ci(m.mean(axis=0))
@@ -214,6 +243,13 @@ def common_attacks(setting: Setting, *variants: Variant) -> list[str]:
     return [a for a in setting.attacks if all((r, a) in setting.flags for r in runs)]
 
 
+def worst_difference(mine: frozenset[str] | None, base: frozenset[str] | None) -> str:
+    """Why a Worst gap is no number: 'Worst over different attack sets: natural,pgd20 vs natural,aa,...'."""
+    def text(a: frozenset[str] | None) -> str:
+        return ",".join(attack_order(a)) if a is not None else "seeds differ"
+    return f"Worst over different attack sets: {text(mine)} vs the baseline's {text(base)}"
+
+
 GAP_GROUPS = (("seen", "seen", "all"), ("related", "related", "all"), ("unseen_mean", "unseen", "mean"),
               ("unseen_worst", "unseen", "all"))  # (column prefix, relation, aggregate)
 
@@ -225,8 +261,10 @@ def gap_stats(setting: Setting, baseline_of: Callable[[Variant], Variant | None]
     seen and related scored per example as the worst case over their attacks, unseen both as the mean
     accuracy over its attacks and as the per-example worst case (natural and 'worst' are no attack). Every
     gap is `paired_gap` on seed-paired runs: points, %, bootstrap interval over test points, the sd of the
-    per-seed gaps, and the sign-flip p-value."""
+    per-seed gaps, and the sign-flip p-value. The per-attack Worst is compared only where both rows' Worst is
+    over the same attacks (else NaN, and `note` says so)."""
     gaps, per_attack = [], []
+    sets = worst_sets(setting)
     for v in setting.variants:
         base = baseline_of(v)
         if base is None:
@@ -242,8 +280,10 @@ def gap_stats(setting: Setting, baseline_of: Callable[[Variant], Variant | None]
             row.update({f"{name}_{k}": x for k, x in _compare(setting, v, base, by_relation[relation], how).items()})
         gaps.append(row)
         for a in attacks:
-            r = _compare(setting, v, base, [a], "all")
+            like = a != "worst" or (sets.get(v.label) is not None and sets.get(v.label) == sets.get(base.label))
+            r = _compare(setting, v, base, [a], "all") if like else dict.fromkeys(GAP_KEYS, math.nan)
             per_attack.append({"variant": v.label, "baseline": base.label, "eval_attack": a,
                                "seen": a in v.seen, "relation": v.relation(a), **r, "n_seeds": len(v.seeds),
-                               "n_points": setting.n_points})
+                               "n_points": setting.n_points,
+                               "note": "" if like else worst_difference(sets.get(v.label), sets.get(base.label))})
     return pd.DataFrame(gaps), pd.DataFrame(per_attack)

@@ -14,16 +14,20 @@
 """
 from __future__ import annotations
 
+import html
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from bench.config.catalog import EXTERNAL
 from bench.health import CHANCE_MARGIN, STUCK_LOSS_FRACTION
 from bench.report.frame import Setting, attack_label, attack_order, tex_escape
-from bench.report.stats import MIN_VERDICT_SEEDS, GUARD_COLUMNS, GuardSummary, best_in_column, significance
+from bench.report.stats import (MIN_VERDICT_SEEDS, GUARD_COLUMNS, GuardSummary, best_in_column, significance,
+                                worst_outliers)
 
 SEEN_NOTE_TEX = (r"$^\dagger$: the evaluation attack was simulated in training (seen); $^\ddagger$: related to "
                  r"the training attack (same loss, another optimiser or step count, or a component of it).")
@@ -89,6 +93,41 @@ class Grid:
             cells = row if sub is None else [c + (f" <sub>{s}</sub>" if s else "") for c, s in zip(row, sub)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + f"\n\n{caption}\n"
+
+    def html(self, caption: str, inline: Callable[[str], str] = html.escape) -> str:
+        """A <table> with its caption; `inline` renders a cell's Markdown (bold, escapes) as HTML."""
+        head = "".join(f"<th>{inline(h)}</th>" for h in self.header)
+        body = []
+        for row, sub in zip(self.rows, self.sub_rows):
+            cells = [inline(c) + (f"<br><small>{inline(sub[i])}</small>" if sub and sub[i] else "")
+                     for i, c in enumerate(row)]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        return (f"<table>\n<caption>{inline(caption)}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
+                + "\n".join(body) + "\n</tbody>\n</table>\n")
+
+
+# CSV columns by meaning (names as the report's frames spell them): p-values keep 3 significant digits, counts
+# stay integers (a NaN among them made pandas store them as floats), every other number is accuracy points.
+P_COLUMN = re.compile(r"(^|_)p$")
+COUNT_COLUMN = re.compile(r"(^|_)(n_\w+|n|b|c|rank|seeds_lower|n_pairs|seed)$")
+
+
+def round_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as its CSV should hold it: accuracies, gaps, spreads and intervals (points) to 0.01, p-values to
+    3 significant digits, integer counts as integers (empty where missing); strings (per_seed) untouched. Float
+    noise (34.300000000000004, -4.4e-16) never reaches a CSV, and -0.0 is written 0.0."""
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        if not pd.api.types.is_float_dtype(values):
+            continue
+        if P_COLUMN.search(col):
+            out[col] = values.map(lambda x: float(f"{x:.3g}") if finite(x) else x)
+        elif COUNT_COLUMN.search(col) and np.all(np.mod(values.dropna(), 1) == 0):
+            out[col] = values.astype("Int64")
+        else:
+            out[col] = values.round(2) + 0.0
+    return out
 
 
 def _interval(lo: float, hi: float, tex: bool, digits: int = 1) -> str:
@@ -196,10 +235,26 @@ def main_caption(cells: pd.DataFrame, selection: str, tex: bool, baseline_note: 
     guard_note = (" " + (GUARD_NOTE_TEX if tex else GUARD_NOTE_MD)) if guards else ""
     if any(_flagged(c, "health_flagged") for _, c in cells.iterrows()):
         guard_note += " " + (HEALTH_NOTE_TEX if tex else HEALTH_NOTE_MD)
-    return (f"Accuracy ({pct}) on {selection}: mean {pm} std over {seeds} per row, {below} the 95{pct} bootstrap "
+    spread = f"mean {pm} std over {seeds} per row" if cells["n_seeds"].max() > 1 else "one seed per row"
+    return (f"Accuracy ({pct}) on {selection}: {spread}, {below} the 95{pct} bootstrap "
             f"interval over the {points}. Bold: best in each column. "
             f"{SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{kl_note(cells, tex)}{guard_note}{_fingerprint_note(cells, tex)}"
             f"{baseline_note}")
+
+
+def worst_note(setting: Setting, tex: bool) -> str:
+    """' Worst over different attack sets: -- for X (external), whose Worst combines Natural, PGD-20; the other
+    rows' combines Natural, PGD-20, CW-20, AA.' where rows' Worst columns are over different attacks ('' else)."""
+    reference, outliers = worst_outliers(setting)
+    if not outliers:
+        return ""
+    def names(attacks) -> str:
+        return ", ".join(attack_label(a) for a in attack_order(attacks))
+    rows = [f"{tex_escape(label) if tex else label}, whose " + (f"Worst combines {names(a)}" if a is not None
+                                                                 else "seeds' Worst combine different attacks")
+            for label, a in outliers.items()]
+    rest = f"; the other rows' combines {names(reference)}" if reference is not None else ""
+    return f" Worst over different attack sets: -- for {'; '.join(rows)}{rest} (not compared)."
 
 
 def main_table_latex(cells: pd.DataFrame, selection: str, label: str = "tab:main", baseline_note: str = "") -> str:
@@ -316,10 +371,14 @@ def attack_gap_caption(per_attack: pd.DataFrame, selection: str, tex: bool) -> s
     points = count_text(per_attack["n_points"].unique().tolist(), "test point")
     seeds = count_text(per_attack.groupby("variant")["n_seeds"].max().tolist(), "seed")
     pct = r"\%" if tex else "%"
+    notes = [n for n in dict.fromkeys(per_attack.get("note", pd.Series(dtype=str)).fillna("")) if n]
+    worst = (" Worst: -- where the two rows' worst cases combine different attacks ("
+             + "; ".join(tex_escape(n) if tex else n for n in notes) + ").") if notes else ""
     return (f"Gap to the baseline (method minus baseline, accuracy points) under each evaluation attack on "
-            f"{selection}, averaged over {seeds} per row, {'below it' if tex else 'then'} the 95{pct} "
+            f"{selection}, {'one seed per row' if seeds == '1 seed' else f'averaged over {seeds} per row'}, "
+            f"{'below it' if tex else 'then'} the 95{pct} "
             f"bootstrap interval over the {points} (these trained models). "
-            f"Marks: {STARS_TEX if tex else STARS_MD}. {SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}")
+            f"Marks: {STARS_TEX if tex else STARS_MD}. {SEEN_NOTE_TEX if tex else SEEN_NOTE_MD}{worst}")
 
 
 def attack_gap_latex(per_attack: pd.DataFrame, selection: str, label: str = "tab:attack-gaps") -> str:

@@ -25,6 +25,7 @@ from bench.health import nonfinite_reason, training_health
 from bench.models import build_model
 from bench.store import StoreError, atomic_path, load_torch, write_json
 from bench.attacks.training import TRAIN_ATTACKS, build_train_attacks
+from bench.training.outputs import LogitsWatch, check_logit_shape, check_step_output
 from methods import StepContext, build_method
 
 SYNC_EVERY = 25  # GPU: batches between reads of the loss (NaN check, progress)
@@ -215,13 +216,26 @@ def _train_epoch(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepCont
                  device: torch.device) -> dict[str, Any]:
     """One pass over the shuffled training set: the summed loss, the weights applied, the methods' stats."""
     n = len(train_y)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.epoch)).to(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    t.model.train()
+    watch = LogitsWatch(t.model, loss_sum) if t.step_model is t.model else None  # not on a compiled model
+    try:
+        return _batches(cfg, t, train_x, train_y, ctx, cb, device, order, loss_sum, watch)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _batches(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepContext, cb: Callbacks, device, order,
+             loss_sum: torch.Tensor, watch: LogitsWatch | None) -> dict[str, Any]:
+    """The batches of one epoch (_train_epoch); `watch` tells a non-finite loss from non-finite logits."""
+    n = len(train_y)
     n_batches = math.ceil(n / cfg.batch_size)
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.epoch)).to(device)
-    loss_sum, weights, shown_loss = torch.zeros((), device=device, dtype=torch.float64), [], float("nan")
+    weights, shown_loss = [], float("nan")
     relative: list[torch.Tensor] = []
     stat_sums: dict[str, torch.Tensor] = {}
-    t.model.train()
     for b in range(n_batches):
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         x, y = to_float(train_x[idx]), train_y[idx]
@@ -229,7 +243,7 @@ def _train_epoch(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepCont
             x = augment_batch(x)
         x = x.contiguous(memory_format=t.memory_format)
         with autocast(device, cfg.precision):
-            out = t.method.loss(t.step_model, x, y, ctx)
+            out = check_step_output(t.method.loss(t.step_model, x, y, ctx), cfg.method)
         t.optimizer.zero_grad(set_to_none=True)
         loss = out.backward()
         t.optimizer.step()
@@ -244,7 +258,9 @@ def _train_epoch(cfg: TrainConfig, t: _Training, train_x, train_y, ctx: StepCont
         if (b + 1) % sync_every == 0 or b + 1 == n_batches:
             if not torch.isfinite(loss_sum):
                 value = loss_sum.item() if math.isfinite(loss.item()) else loss.item()
-                raise NonFiniteLoss(f"loss is {value} at epoch {ctx.epoch + 1}, batch {b + 1}",
+                why = (": the model's logits went non-finite (NaN or infinite) first"
+                       if watch is not None and watch.nonfinite() else "")
+                raise NonFiniteLoss(f"loss is {value} at epoch {ctx.epoch + 1}, batch {b + 1}{why}",
                                     {"nonfinite_loss": nonfinite_reason(value, ctx.epoch + 1, b + 1)})
             shown_loss = loss.item()
         if cb.on_batch:
@@ -258,6 +274,8 @@ def train_run(cfg: TrainConfig, data: DataBundle, run_dir: Path, device: torch.d
     """Train (or resume) one cell; returns the per-epoch history. Raises NonFiniteLoss on NaN/inf."""
     cb = callbacks or Callbacks()
     t = _build(cfg, data, device, runtime)
+    info = data.info  # the logits' shape once, before any step (a 13-logit model for 10 classes is refused)
+    check_logit_shape(t.model, to_float(data.train.x[:2]).to(device), info.num_classes, cfg.model, info.name)
     start_epoch, history, best = _resume(t, run_dir)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     for epoch in range(start_epoch, cfg.epochs):
