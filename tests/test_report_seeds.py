@@ -48,7 +48,7 @@ def test_three_seed_store_reports_seed_level_columns_and_a_verdict(tmp_path, add
     assert "**GAIRAT (PGD)** vs AT (PGD) (3 seeds)" in answer
     assert "on the seen attacks (PGD-20) **no clear difference**, +0.00 points" in answer
     seeds_text = ", ".join(f"{g:+.1f}" for g in expected)
-    assert (f"in the per-example worst case **lower**, {np.mean(expected):+.2f} points (per seed {seeds_text}; 3 of 3 "
+    assert (f"on the unseen attack (CW-20) **lower**, {np.mean(expected):+.2f} points (per seed {seeds_text}; 3 of 3 "
             "seeds lower; seed-level 95% interval") in answer
     tex = (out / "report.tex").read_text()
     assert tex.index(r"\section*{Answer}") < tex.index(r"\input{table")  # the answer opens the PDF

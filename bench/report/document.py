@@ -89,7 +89,9 @@ def answer_lines(gaps: pd.DataFrame) -> list[str]:
         if tables.finite(g.get("related_gap", float("nan"))):
             parts.append(f"on the related attacks ({_attacks_md(g['related_attacks'])}) "
                          f"{_group_text(g, 'related', '')}")
-        if tables.finite(g["unseen_mean_gap"]):
+        if tables.finite(g["unseen_mean_gap"]) and "," not in str(g["unseen_attacks"]):  # one attack: mean = worst
+            parts.append(f"on the unseen attack ({_attacks_md(g['unseen_attacks'])}) {_group_text(g, 'unseen_worst', '')}")
+        elif tables.finite(g["unseen_mean_gap"]):
             parts.append(f"on the unseen attacks ({_attacks_md(g['unseen_attacks'])}) "
                          f"{_group_text(g, 'unseen_mean', ' on average')}; in the per-example worst case "
                          f"{_group_text(g, 'unseen_worst', '')}")
