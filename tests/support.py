@@ -96,7 +96,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # What differs between two runs of the same cell by design: when, how long, which commit (other work may land).
 VOLATILE = {"seconds", "train_seconds", "eval_seconds", "created_at", "started_at", "git_commit"}
 
-# The subprocess cell: epochs of ~1 s and attacks of ~0.3 s, so that every kill lands inside its stage.
+# The subprocess cell: its kills are timed from the uninterrupted run's own epoch and attack times.
 KILLED = ["run", "--dataset", "synthetic", "--methods", "at", "--seeds", "0", "--epochs", "3", "--train-subset", "128",
           "--val-size", "32", "--test-subset", "64", "--batch-size", "32", "--attack-steps", "2",
           "--eval-attacks", "natural,pgd20,cw20", "--checkpoints", "best,epoch1", "--device", "cpu"]
