@@ -219,6 +219,10 @@ def test_the_table1_dry_run_prints_seven_cells_and_gpu_hours_without_cifar10(tmp
     # at/pgd measured: 100 epochs x 49,000 images / 1,000 images/s; lrat saa+cw from 11,000 steps/s: x (60 + 10 + 1)
     assert "1.36 h" in cells[0] and f"{100 * 49000 * 71 / 11000 / 3600:.2f} h" in cells[6]
     assert "GPU-hours" in res.output and "GPU X" in res.output and "batch_size 128" in res.output
+    speed.write_text(speed.read_text().replace('"GPU X"', '"cpu (x86_64, 2 threads)"'))  # a CPU's file: CPU hours
+    res = CliRunner().invoke(main, ["run", "--config", str(TABLE1), "--dry-run", "--speed-json", str(speed),
+                                    "--results", str(tmp_path / "none"), "--data-dir", str(tmp_path)])
+    assert "CPU hours of training" in res.output and "GPU-hours" not in res.output, res.output
 
 
 TABLE2 = ROOT / "experiments" / "lrat-table2-cifar10.toml"

@@ -248,7 +248,8 @@ def _print_plan(store, cells, grad_steps_per_s, speed, as_json: bool = False) ->
                f"(epochs left x train size x (attack steps + 1)).")
     if estimate is not None and estimate["basis"] == "speed-json":
         st = estimate["settings"]
-        click.echo(f"Estimate: about {estimate['hours']:.3g} GPU-hours of training for one worker, from "
+        unit = "CPU hours" if str(estimate["device"]).startswith("cpu") else "GPU-hours"
+        click.echo(f"Estimate: about {estimate['hours']:.3g} {unit} of training for one worker, from "
                    f"{estimate['device']}: {st.get('model')} batch {st.get('batch_size')} {st.get('precision')}"
                    f"{' channels_last' if st.get('channels_last') else ''}{' compiled' if st.get('compile') else ''}"
                    f" (measured images/s per method and attack where the file has them, else its AT rate of "
