@@ -73,17 +73,22 @@ def _tidy(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def results(store: str | Path = "results", with_flags: bool = True) -> pd.DataFrame:
+def results(store: str | Path = "results", with_flags: bool = True, skip_damaged: bool = False) -> pd.DataFrame:
     """Every result row of every finished run in `store` (trained runs and external models alike), one row per
     run x checkpoint x evaluation setting x attack, identity columns first (IDENTITY_COLUMNS), then every
     column docs/results.md lists; `flags` (with_flags): the per-test-point robust flags as a "0110..." string.
-    Read through bench.report.load_frame (torch-free). UsageError when `store` is not a results store."""
+    Read through bench.report.load_frame (torch-free). UsageError when `store` is not a results store. As
+    `bench report`: a finished run whose rows cannot be used (stale or damaged, bench/store_integrity.py) raises
+    bench.store_integrity.RunsRefused naming it, unless `skip_damaged` leaves it out."""
     from bench.report import load_frame
+    from bench.store import Store
+    from bench.store_integrity import usable_runs
 
     if not Path(store, "runs").is_dir():
         raise UsageError(f"No results store at {store} (no {Path(store, 'runs')}): run `bench run` or "
                          f"bench.api.evaluate first.")
-    return _tidy(load_frame(store, with_flags=with_flags))
+    usable, _ = usable_runs(Store(store), skip_damaged, "bench.api.results(..., skip_damaged=True) leaves them out")
+    return _tidy(load_frame(store, with_flags=with_flags, run_ids=usable))
 
 
 # ---- evaluate ---------------------------------------------------------------------------------------------

@@ -177,6 +177,19 @@ def check_store(store: Store) -> dict[str, Integrity]:
     return {r: run_integrity(store, r) for r in store.finished_runs()}
 
 
+def usable_runs(store: Store, skip_damaged: bool, how_to_skip: str) -> tuple[list[str], dict[str, Integrity]]:
+    """(the finished runs whose rows may be read, the finished runs that may not): RunsRefused naming the
+    latter unless `skip_damaged` (`how_to_skip`: how to leave them out, for the message)."""
+    verdicts = check_store(store)
+    unusable = {r: v for r, v in verdicts.items() if not v.usable}
+    if unusable and not skip_damaged:
+        n = len(unusable)
+        raise RunsRefused("\n".join([f"{n} finished run{'s' if n > 1 else ''} cannot be used (stale or damaged "
+                                     f"stored results); {how_to_skip}:",
+                                     *refusal_lines(store, unusable)]))
+    return [r for r, v in verdicts.items() if v.usable], unusable
+
+
 def _group_eps(store: Store, run_id: str, text: str) -> str:
     """The budget of a group folder (its eps to 6 significant digits, `text`) as a flag: a stored row's exact
     eval_eps that prints as `text`, else `text` itself when shorter than 6 digits (exact), else the fraction it

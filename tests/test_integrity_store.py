@@ -1,7 +1,8 @@
 """One integrity check (bench/store_integrity.py) behind `bench status`, `bench report` and `bench export`, tried as
 a hostile user would: each probe of issue 24 (a swapped best.pt, a truncated one, an edited accuracy, a deleted
-eval file, a deleted eval group) is named by status, refused by the report by name (exit 1) with what truly
-repairs it, left out and said so with --skip-damaged, refused by export, and repaired by what the message names.
+eval file, a deleted eval group) is named by status, refused by the report (exit 1) and bench.api.results by name
+with what truly repairs it, left out and said so with --skip-damaged, refused by export, and repaired by what the
+message names.
 Also: a read-only store, comparisons only of like with like (Worst, export's point sets), and the lesser
 failures (a plugin that raises on import, report temporary files, attempts.json after a repair, the advice of
 `bench eval`, eps titles, the TOML hint, external-only captions)."""
@@ -22,7 +23,8 @@ from support import SEEDS, SMALL, TinyNet, bench, invoke, only_run, tree
 
 from bench.execution.status import ATTEMPTS, cell_status
 from bench.store import DONE, FAILED, Store
-from bench.store_integrity import RUN_REPAIRS, run_integrity
+import bench.api as api
+from bench.store_integrity import RUN_REPAIRS, RunsRefused, run_integrity
 
 # ---- the probes -----------------------------------------------------------------------------------------------
 
@@ -95,6 +97,12 @@ def test_each_probe_is_named_by_status_refused_by_report_and_export_and_repaired
     exported = invoke("export", bad, "--results", str(store.root), "--out", str(tmp_path / "export"))
     assert exported.exit_code == 1 and f"refuses run {bad}" in exported.output, exported.output
     assert not (tmp_path / "export" / "model.pt").exists()
+
+    with pytest.raises(RunsRefused, match=rf"\[{bad}\]: {verdict}: ") as refused_rows:  # bench.api, the same verdict
+        api.results(store.root)
+    assert "skip_damaged=True" in str(refused_rows.value)
+    kept = api.results(store.root, skip_damaged=True)
+    assert set(kept.run_id) == {only_run(store, 0)} and len(kept) > 0
 
     repaired = invoke(*SMALL, *SEEDS, "--results", str(store.root))  # what the message promised
     assert repaired.exit_code == 0, repaired.output

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config.names import UsageError
-from bench.store_integrity import RunsRefused, check_store, refusal_lines
+from bench.store_integrity import RunsRefused, refusal_lines, usable_runs
 from bench.report.frame import (Selection, atomic_output, build_settings, hold_folder, load_frame, parse_selection,
                                 report_rows, select, sweep_temp_files)
 from bench.store import Store
@@ -37,14 +37,9 @@ def write_report(results: str | Path, out: str | Path, selection: Selection = Se
     from bench.report.document import write_flags, write_outputs  # matplotlib: loaded only when a report is written
 
     store = Store(results)
-    verdicts = check_store(store)
-    unusable = {r: v for r, v in verdicts.items() if not v.usable}
-    if unusable and not skip_damaged:
-        n = len(unusable)
-        raise RunsRefused("\n".join([f"{n} finished run{'s' if n > 1 else ''} cannot be used (stale or damaged "
-                                     "stored results); `bench report --skip-damaged` leaves them out and says so in "
-                                     "the report:", *refusal_lines(store, unusable)]))
-    df = load_frame(results, run_ids=[r for r, v in verdicts.items() if v.usable])
+    usable, unusable = usable_runs(store, skip_damaged,
+                                   "`bench report --skip-damaged` leaves them out and says so in the report")
+    df = load_frame(results, run_ids=usable)
     if df.empty:
         left = f" ({len(unusable)} left out by --skip-damaged)" if unusable else ""
         raise UsageError(f"No finished runs in {results}{left}: run `bench run` first (or point --results at a store).")
