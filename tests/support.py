@@ -188,3 +188,19 @@ BASE = ["run", "--dataset", "synthetic", "--epochs", "1", "--train-subset", "64"
 def tree(root: Path) -> set[str]:
     """Every path under `root`: equal before and after a refused command means it wrote nothing."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def cifar_stand_in(n_train: int, n_test: int):
+    """torchvision's CIFAR10 with its own __getitem__ and __len__, holding seeded random pixels instead of files
+    (no download): monkeypatch it over torchvision.datasets.CIFAR10."""
+    import torchvision
+
+    class StandIn(torchvision.datasets.CIFAR10):
+        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
+            gen = torch.Generator().manual_seed(0 if train else 1)
+            n = n_train if train else n_test
+            self.root, self.train, self.transform, self.target_transform = root, train, transform, target_transform
+            self.data = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+            self.targets = torch.randint(0, 10, (n,), generator=gen).tolist()
+
+    return StandIn

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from pyautoattack import AutoAttack as PyAutoAttack
-from support import CFG, N, Fragile, modes, suite, tree, write_run
+from support import CFG, N, Fragile, cifar_stand_in, modes, suite, tree, write_run
 
 from bench.evaluation.autoattack_compat import install
 from bench.cli import main
@@ -93,15 +93,7 @@ def test_cifar_test_points_are_robustbench_load_cifar10s(monkeypatch, tmp_path):
     import robustbench.data
     import torchvision
 
-    class StandIn(torchvision.datasets.CIFAR10):  # torchvision's own __getitem__ and __len__
-        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
-            gen = torch.Generator().manual_seed(0 if train else 1)
-            n = 200 if train else 250
-            self.root, self.train, self.transform, self.target_transform = root, train, transform, target_transform
-            self.data = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
-            self.targets = torch.randint(0, 10, (n,), generator=gen).tolist()
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", StandIn)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar_stand_in(200, 250))
     x_rb, y_rb = robustbench.data.load_cifar10(n_examples=130, data_dir=str(tmp_path))
     test = load_data("cifar10", val_size=20, test_subset=130, data_dir=str(tmp_path)).test
     assert torch.equal(test.indices, torch.arange(130)) and torch.equal(test.y, y_rb)

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from support import cifar_stand_in
 
 from bench.cli import main
 
@@ -55,18 +56,10 @@ def offline_cifar(monkeypatch):
     import robustbench.utils
     import torchvision
 
-    class StandIn(torchvision.datasets.CIFAR10):  # torchvision's own __getitem__ and __len__
-        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
-            gen = torch.Generator().manual_seed(0 if train else 1)
-            n = 1024 if train else 64
-            self.root, self.train, self.transform, self.target_transform = root, train, transform, target_transform
-            self.data = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
-            self.targets = torch.randint(0, 10, (n,), generator=gen).tolist()
-
     def no_download(*args, **kwargs):
         raise AssertionError(f"robustbench tried to download {args}")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", StandIn)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar_stand_in(1024, 64))
     monkeypatch.setattr(robustbench.utils, "download_gdrive_new", no_download)
 
 
