@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,12 @@ def test_gap_bars_with_intervals_and_missing_values(tables, tmp_path):
     partial = gaps.copy()
     partial.loc[0, "seen_gap"] = math.nan  # e.g. the seen attack was not evaluated
     assert len(plots.gap_figure(partial, "at").axes[0].patches) == len(bars) - 1
+    empty = gaps.assign(**{c: math.nan for c in gaps.columns if c.endswith(("_gap", "_gap_low", "_gap_high"))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "No artists with labels found to put in legend"
+        nothing = plots.gap_figure(empty, "at")
+    assert not nothing.axes[0].patches and not nothing.legends
+    assert [t.get_text() for t in nothing.axes[0].texts] == ["no gap has a value"]
     pdf, png = plots.save(fig, tmp_path / "gap")
     assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

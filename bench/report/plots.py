@@ -207,7 +207,10 @@ def gap_figure(gaps: pd.DataFrame, baseline: str) -> Figure:
     ax.set_xticks(x, gaps["variant"].tolist(), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("gap to baseline (accuracy points)")
     ax.set_title(f"Gap to the baseline ({method_label(baseline)}) with 95% intervals", fontsize=10)
-    fig.legend(loc="outside right upper", fontsize=8)  # outside the bars
+    if kinds:
+        fig.legend(loc="outside right upper", fontsize=8)  # outside the bars
+    else:  # e.g. the only comparison is of unlike attack sets: say so rather than draw an empty legend
+        ax.text(0.5, 0.5, "no gap has a value", transform=ax.transAxes, ha="center", va="center", fontsize=9)
     return fig
 
 
