@@ -21,9 +21,9 @@ import pytest
 import torch
 from support import SEEDS, SMALL, TinyNet, bench, invoke, only_run, tree
 
+import bench.api as api
 from bench.execution.status import ATTEMPTS, cell_status
 from bench.store import DONE, FAILED, Store
-import bench.api as api
 from bench.store_integrity import RUN_REPAIRS, RunsRefused, run_integrity
 
 # ---- the probes -----------------------------------------------------------------------------------------------
