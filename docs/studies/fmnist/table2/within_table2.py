@@ -20,22 +20,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.config.catalog import row_label
 from bench.stats import seed_gap
 
 HERE = Path(__file__).parent
 ATTACKS = ("natural", "fgsm", "pgd20", "cw20")
-COMPARISONS = (  # (row, against): GD's effect with the attacks fixed, then each GD row against the row without GD
-    ("GD+CW", "PGD+CW (no GD)"), ("GD+CW", "SAA+CW"), ("GD+SAA", "SAA+CW"), ("SAA+CW+GD", "SAA+CW"),
-    ("SAA+CW", "AT (PGD)"))
+COMPARISONS = (  # (row, against), labelled as the report labels them; LRAT (PGD+CW) is GD+CW's control, no GD
+    ("LRAT (GD+CW)", "LRAT (PGD+CW)"), ("LRAT (GD+CW)", "LRAT (SAA+CW)"), ("LRAT (GD+SAA)", "LRAT (SAA+CW)"),
+    ("LRAT (SAA+CW+GD)", "LRAT (SAA+CW)"), ("LRAT (SAA+CW)", "AT (PGD)"))
 
 
 def label(run: pd.Series) -> str:
-    """The paper's row name: the PGD variant is 'GD' where GAIRAT's weight is on it."""
-    if run.method == "at":
-        return f"AT ({run.train_attack.upper()})"
-    gd = isinstance(run.p_gd_attack, str) and run.p_gd_attack == "pgd" and "pgd" in run.train_attack
-    name = run.train_attack.upper().replace("PGD", "GD") if gd else run.train_attack.upper()
-    return name if gd or "pgd" not in run.train_attack else f"{name} (no GD)"
+    """The report's row label (bench.config.catalog.row_label): the PGD variant reads 'GD' where GAIRAT's weight
+    is on it."""
+    gd = run.p_gd_attack if isinstance(run.p_gd_attack, str) else None
+    return row_label(run.method, run.train_attack, {"gd_attack": gd})
 
 
 def flag_matrix(flags: pd.DataFrame, runs: pd.DataFrame, attack: str) -> np.ndarray:
